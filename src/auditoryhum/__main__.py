@@ -1,0 +1,3 @@
+from auditoryhum.cli import app
+
+app(prog_name="auditoryhum")

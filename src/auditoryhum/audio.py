@@ -1,0 +1,93 @@
+"""Reading audio for the models: any file libsndfile decodes → mono float32 at the model's rate.
+
+Every way a file can be unusable raises :class:`AudioError` with a reason a person can act on; the stages
+turn it into a dead letter instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"})
+
+
+class AudioError(ValueError):
+    """A clip that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_duration_s: float = 600.0
+    max_file_bytes: int = 512 * 1024 * 1024
+    # Peak amplitude below this (≈ -90 dBFS) is digital silence: nothing for a model to describe.
+    silence_peak: float = 3e-5
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray  # mono float32
+    sample_rate: int
+    source_rate: int
+    channels: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def probe(path: str | Path) -> sf._SoundFileInfo:
+    """Header facts (rate, channels, frames) without decoding the samples."""
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"not readable as audio: {_short(exc)}") from exc
+
+
+def load(path: str | Path, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:
+    """Decode ``path`` to mono float32 at ``rate`` Hz, checking size, length and content first."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AudioError(f"cannot open: {_short(exc)}") from exc
+    if size == 0:
+        raise AudioError("empty file (0 bytes)")
+    if size > limits.max_file_bytes:
+        raise AudioError(f"file too large: {size} bytes > limit {limits.max_file_bytes}")
+    info = probe(path)
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError("no audio frames")
+    duration = info.frames / info.samplerate
+    if duration > limits.max_duration_s:
+        raise AudioError(f"too long: {duration:.1f} s > limit {limits.max_duration_s:g} s")
+    try:
+        data, source_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"decoding failed: {_short(exc)}") from exc
+    return to_model_input(data, source_rate, rate, limits)
+
+
+def to_model_input(data: np.ndarray, source_rate: int, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:
+    """Validate decoded samples ``[frames, channels]`` and convert them to mono at ``rate`` Hz."""
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.shape[0] == 0:
+        raise AudioError("no audio frames")
+    if not np.isfinite(data).all():
+        raise AudioError("samples contain NaN or infinity")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if float(np.max(np.abs(mono))) < limits.silence_peak:
+        raise AudioError("silent: peak amplitude below -90 dBFS")
+    if source_rate != rate:
+        # soxr's high-quality polyphase resampler; a plain FFT or linear resample would alias into the tagger's bands.
+        mono = soxr.resample(mono, source_rate, rate, quality="HQ")
+    return Audio(np.ascontiguousarray(mono, dtype=np.float32), rate, int(source_rate), int(data.shape[1]))
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,56 @@
+"""Model backends behind small interfaces, so a stage never knows whether a model runs in-process or on Triton.
+
+- :class:`Labeler` describes clips in short comma-separated labels (the paper's MLLMs; offline: the YAMNet tagger).
+- :class:`Scorer` scores label texts against a clip (the paper's Human-CLAP; offline: the tag-bridge scorer).
+- :class:`TextEmbedder` embeds label texts (all-MiniLM-L6-v2 shipped in a wheel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from auditoryhum.audio import Audio
+
+
+@dataclass(frozen=True)
+class Description:
+    """A labeler's answer for one clip: its raw text and, when it has them, the tagger classes behind it."""
+
+    raw_text: str
+    tags: list[tuple[str, float]] = field(default_factory=list)
+
+
+class Labeler(Protocol):
+    model_id: str
+    prompt_id: str
+    sample_rate: int
+
+    def describe(self, clips: Sequence[Audio], hints: Sequence[str] | None = None) -> list[Description]: ...
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """Labels to score against one clip. ``audio`` loads the waveform, for scorers that need it."""
+
+    labels: Sequence[str]
+    tags: Sequence[tuple[str, float]] = ()
+    audio: Callable[[], Audio] | None = None
+
+
+class Scorer(Protocol):
+    scorer_id: str
+
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[np.ndarray]:
+        """One array of scores per item, one score per label."""
+        ...
+
+
+class TextEmbedder(Protocol):
+    model_id: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 rows, one per text."""
+        ...

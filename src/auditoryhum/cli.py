@@ -1,0 +1,137 @@
+"""The `auditoryhum` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from auditoryhum.audio import AudioError
+from auditoryhum.backends import ScoreItem
+from auditoryhum.config import Settings
+from auditoryhum.labels import parse_labels
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Turn unlabelled audio into a human-checked taxonomy of auditory scenes.")
+console = Console(stderr=True)
+
+
+def _settings(**overrides) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def run(
+    audio_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of audio files (searched recursively)."),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
+    review_fraction: Optional[float] = typer.Option(None, help="Lowest fraction of clip scores sent to review."),
+    review_threshold: Optional[float] = typer.Option(None, help="Review every clip scoring below this instead."),
+    k_min: Optional[int] = typer.Option(None, "--k-min"),
+    k_max: Optional[int] = typer.Option(None, "--k-max"),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
+    algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
+    max_words: Optional[int] = typer.Option(None, help="Words kept per label."),
+    class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
+) -> None:
+    """Label, score, review and cluster every clip in AUDIO_DIR (embedded mode, one process)."""
+    from auditoryhum import pipeline
+
+    settings = _settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
+                         k_max=k_max, penalty_lambda=lam, algorithm=algorithm, max_words=max_words,
+                         class_from_folder=class_from_folder or None)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("loading models", total=None)
+        result = pipeline.run(
+            audio_dir, out, settings, dataset=dataset,
+            on_start=lambda total: progress.update(task, description="labelling", total=total),
+            on_clip_done=lambda: progress.advance(task),
+        )
+    _print_summary(result.summary, out)
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    table = Table(title=f"AuditoryHuM run: {summary['dataset']}", show_header=False)
+    rows = [
+        ("clips", summary["clips"]), ("labelled", summary["labelled"]), ("dead letters", summary["dead_letters"]),
+        ("sent to review", summary["reviewed"]), ("unique labels", summary["unique_labels"]),
+        ("μc (mean clip score)", _fmt(summary["mu_c"])), ("μ1% (lowest 1 %)", _fmt(summary["mu_1pct"])),
+        ("clusters k", summary["k"]), ("λ", summary["lambda"]), ("silhouette S(k)", _fmt(summary["silhouette"])),
+        ("throughput", f"{summary['clips_per_s']} clips/s in {summary['seconds']} s"), ("outputs", str(out)),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+    if summary["skipped_files"]:
+        console.print(f"[yellow]skipped {len(summary['skipped_files'])} file(s) without an audio extension")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def label(path: Path = typer.Argument(..., help="An audio file."),
+          max_words: Optional[int] = typer.Option(None, help="Words kept per label.")) -> None:
+    """Print the labels of one clip."""
+    from auditoryhum.pipeline import Models
+
+    settings = _settings(max_words=max_words)
+    models = Models(settings)
+    try:
+        description = models.labeler.describe([_load(models, path)])[0]
+    except AudioError as exc:
+        raise _bad(path, exc)
+    typer.echo(", ".join(parse_labels(description.raw_text, settings.max_words)))
+
+
+@app.command()
+def score(paths: list[Path] = typer.Argument(..., help="Audio files."),
+          labels: list[str] = typer.Option(..., "--label", "-l", help="Label text to score (repeatable)."),
+          as_json: bool = typer.Option(False, "--json", help="One JSON object per path.")) -> None:
+    """Score every given label against every given clip, loading the models once."""
+    from auditoryhum.pipeline import Models
+
+    models = Models(Settings())
+    failed = False
+    for path in paths:
+        try:
+            tags = models.labeler.describe([_load(models, path)])[0].tags
+        except AudioError as exc:
+            typer.echo(f"{path}: {exc}", err=True)
+            failed = True
+            continue
+        scores = models.scorer.score_batch([ScoreItem(labels, tags)])[0]
+        if as_json:
+            typer.echo(json.dumps({"path": str(path), "scores": [{"label": l, "score": round(float(s), 6)}
+                                                               for l, s in zip(labels, scores)]}))
+        else:
+            for l, s in zip(labels, scores):
+                typer.echo(f"{path}\t{l}\t{s:.4f}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _load(models, path: Path):
+    from auditoryhum.pipeline import audio_loader
+    from auditoryhum.v1 import pipeline_pb2 as pb
+
+    return audio_loader(models.settings)(pb.Clip(uri=str(path)), models.labeler.sample_rate)
+
+
+def _bad(path: Path, exc: Exception) -> typer.Exit:
+    typer.echo(f"{path}: {exc}", err=True)
+    return typer.Exit(1)

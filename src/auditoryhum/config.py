@@ -1,0 +1,31 @@
+"""Settings for the pipeline, from defaults, ``AUDITORYHUM_*`` environment variables, or command-line flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUDITORYHUM_", extra="ignore")
+
+    # labeler
+    top_k: int = Field(3, ge=1, description="tagger classes turned into labels per clip")
+    min_score: float = Field(0.1, ge=0, le=1, description="minimum tagger probability for a label")
+    evidence: int = Field(10, ge=1, description="strongest tagger classes kept as tags")
+    max_words: int = Field(2, ge=1, description="words kept per label (the paper's post-processing)")
+    # audio
+    max_duration_s: float = Field(600.0, gt=0, description="longer clips are dead-lettered")
+    max_file_mb: float = Field(512.0, gt=0)
+    # review
+    review_fraction: float = Field(0.01, gt=0, le=1, description="lowest fraction of clip scores reviewed")
+    review_threshold: float | None = Field(None, description="absolute score below which clips are reviewed")
+    # clusterer
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(64, ge=2)
+    penalty_lambda: float = Field(2.0, ge=0, description="λ of S_adj(k) = S(k) - λ·k/U")
+    algorithm: str = Field("kmeans", pattern="^(kmeans|ward)$")
+    # execution
+    batch_size: int = Field(32, ge=1, description="clips per model call")
+    workers: int = Field(2, ge=1, description="threads decoding audio")
+    class_from_folder: bool = Field(False, description="a clip's first sub-folder is its ground-truth class")

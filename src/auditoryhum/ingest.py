@@ -1,0 +1,48 @@
+"""Turning a folder of audio into clip messages."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from auditoryhum import audio
+from auditoryhum.v1 import pipeline_pb2 as pb
+
+
+@dataclass
+class Scan:
+    root: Path
+    files: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # not audio by extension; reported, never silently ignored
+
+
+def scan(root: Path) -> Scan:
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a folder: {root}")
+    result = Scan(root)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        (result.files if path.suffix.lower() in audio.AUDIO_EXTENSIONS else result.skipped).append(path)
+    return result
+
+
+def clip_id(dataset: str, relative: str) -> str:
+    return hashlib.sha1(f"{dataset}/{relative}".encode("utf-8")).hexdigest()[:16]
+
+
+def clips(found: Scan, dataset: str, class_from_folder: bool = False) -> Iterator[pb.Clip]:
+    for path in found.files:
+        rel = path.relative_to(found.root)
+        clip = pb.Clip(clip_id=clip_id(dataset, rel.as_posix()), uri=str(path.resolve()), dataset=dataset)
+        if class_from_folder and len(rel.parts) > 1:
+            clip.ground_truth = rel.parts[0]
+        try:  # header facts only; a file that fails here is dead-lettered by the labeler with the reason
+            info = audio.probe(path)
+            clip.duration_s, clip.sample_rate, clip.channels = info.duration, info.samplerate, info.channels
+        except audio.AudioError:
+            pass
+        yield clip

@@ -1,0 +1,139 @@
+"""The embedded run's output folder: a sink that writes each record as it arrives, then the summary.
+
+Files (a contract other tools rely on): labels.csv, alignments.csv, review_queue.csv, final_labels.csv,
+dead_letters.csv, assignments.csv, taxonomy.json, summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from google.protobuf.message import Message
+
+from auditoryhum import topics
+from auditoryhum.stages.base import Out, Stage
+from auditoryhum.v1 import pipeline_pb2 as pb
+
+COLUMNS = {
+    "labels.csv": ("clip_id", "path", "model", "raw", "labels"),
+    "alignments.csv": ("clip_id", "label", "score", "is_best"),
+    "review_queue.csv": ("clip_id", "path", "label", "score"),
+    "final_labels.csv": ("clip_id", "path", "label", "source", "score", "ground_truth"),
+    "dead_letters.csv": ("path", "stage", "reason"),
+}
+SOURCES = {pb.LABEL_SOURCE_MODEL: "model", pb.LABEL_SOURCE_HUMAN: "human"}
+
+
+def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
+    return {
+        "dataset": taxonomy.dataset,
+        "k": taxonomy.k,
+        "lambda": taxonomy.penalty_lambda,
+        "algorithm": taxonomy.algorithm,
+        "embedder": taxonomy.embedder_id,
+        "unique_labels": taxonomy.unique_labels,
+        "clips": taxonomy.clips,
+        "silhouette": taxonomy.silhouette,
+        "adjusted_silhouette": taxonomy.adjusted_silhouette,
+        "clusters": [
+            {"id": c.cluster_id, "composite_label": c.composite_label, "size": c.size,
+             "labels": [{"label": lc.label, "count": lc.count} for lc in c.labels]}
+            for c in taxonomy.clusters
+        ],
+        "curve": [{"k": p.k, "silhouette": p.silhouette, "adjusted": p.adjusted} for p in taxonomy.curve],
+    }
+
+
+def lowest_mean(scores: np.ndarray, fraction: float = 0.01) -> float:
+    """Mean of the lowest ``fraction`` of scores (at least one): the paper's μ1%."""
+    if len(scores) == 0:
+        return float("nan")
+    n = max(1, math.ceil(fraction * len(scores)))
+    return float(np.sort(scores)[:n].mean())
+
+
+class OutputWriter(Stage):
+    name = "outputs"
+    consumes = (topics.LABELS, topics.ALIGNMENTS, topics.REVIEW_TASKS, topics.FINAL_LABELS, topics.TAXONOMY,
+                topics.DLQ)
+
+    def __init__(self, out: Path, on_clip_done: Callable[[], None] = lambda: None):
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self._files = {name: (out / name).open("w", newline="", encoding="utf-8") for name in COLUMNS}
+        self._csv = {name: csv.writer(f) for name, f in self._files.items()}
+        for name, columns in COLUMNS.items():
+            self._csv[name].writerow(columns)
+        self.scores: list[float] = []
+        self.dead_letters = 0
+        self.failed_clips = 0  # clips dead-lettered before scoring
+        self.reviewed = 0
+        self.taxonomies: dict[str, pb.Taxonomy] = {}
+        self._on_clip_done = on_clip_done
+
+    def handle(self, message: Message) -> list[Out]:
+        if isinstance(message, pb.LabelProposal):
+            self._csv["labels.csv"].writerow((message.clip.clip_id, message.clip.uri, message.model_id,
+                                              message.raw_text, ", ".join(message.labels)))
+        elif isinstance(message, pb.Alignment):
+            for s in message.scores:
+                self._csv["alignments.csv"].writerow((message.clip.clip_id, s.label, f"{s.score:.6f}",
+                                                      int(s.label == message.best_label)))
+            self.scores.append(message.best_score)
+            self._on_clip_done()
+        elif isinstance(message, pb.ReviewTask):
+            a = message.alignment
+            self._csv["review_queue.csv"].writerow((a.clip.clip_id, a.clip.uri, a.best_label, f"{a.best_score:.6f}"))
+            self.reviewed += 1
+        elif isinstance(message, pb.FinalLabel):
+            self._csv["final_labels.csv"].writerow((message.clip.clip_id, message.clip.uri, message.label,
+                                                    SOURCES.get(message.source, "unknown"), f"{message.score:.6f}",
+                                                    message.clip.ground_truth))
+        elif isinstance(message, pb.DeadLetter):
+            self._csv["dead_letters.csv"].writerow((message.uri, message.stage, message.reason))
+            self.dead_letters += 1
+            if message.stage in ("labeler", "aligner"):
+                self.failed_clips += 1
+                self._on_clip_done()
+        elif isinstance(message, pb.Taxonomy):
+            self.taxonomies[message.dataset] = message
+        return []
+
+    def finish(self, dataset: str, extra: dict | None = None) -> dict:
+        """Close the streams, join final labels with the taxonomy and write taxonomy.json and summary.json."""
+        for f in self._files.values():
+            f.close()
+        taxonomy = self.taxonomies.get(dataset, pb.Taxonomy(dataset=dataset))
+        (self.out / "taxonomy.json").write_text(json.dumps(taxonomy_dict(taxonomy), indent=2) + "\n")
+        cluster_of = {lc.label: c for c in taxonomy.clusters for lc in c.labels}
+        with (self.out / "final_labels.csv").open(newline="", encoding="utf-8") as src, \
+                (self.out / "assignments.csv").open("w", newline="", encoding="utf-8") as dst:
+            writer = csv.writer(dst)
+            writer.writerow(("clip_id", "path", "label", "cluster_id", "composite_label"))
+            for row in csv.DictReader(src):
+                cluster = cluster_of.get(row["label"])
+                writer.writerow((row["clip_id"], row["path"], row["label"],
+                                 cluster.cluster_id if cluster else "", cluster.composite_label if cluster else ""))
+        scores = np.asarray(self.scores, dtype=np.float64)
+        summary = {
+            "dataset": dataset,
+            "clips": len(scores) + self.failed_clips,
+            "labelled": len(scores),
+            "dead_letters": self.dead_letters,
+            "reviewed": self.reviewed,
+            "unique_labels": taxonomy.unique_labels,
+            "mu_c": float(scores.mean()) if len(scores) else None,
+            "mu_1pct": lowest_mean(scores) if len(scores) else None,
+            "k": taxonomy.k,
+            "lambda": taxonomy.penalty_lambda,
+            "silhouette": taxonomy.silhouette,
+            "adjusted_silhouette": taxonomy.adjusted_silhouette,
+            **(extra or {}),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

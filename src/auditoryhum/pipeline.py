@@ -1,0 +1,109 @@
+"""The embedded mode: all four stages in one process over the in-memory bus.
+
+Clips are fed in chunks as the labeler keeps up (back-pressure), so memory stays flat however big the folder.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from auditoryhum import audio, ingest, topics
+from auditoryhum.backends.tagbridge import TagBridgeScorer
+from auditoryhum.backends.text import SentenceEmbedder
+from auditoryhum.backends.yamnet import TaggerLabeler, YamnetTagger
+from auditoryhum.bus.memory import InMemoryBus
+from auditoryhum.config import Settings
+from auditoryhum.outputs import OutputWriter
+from auditoryhum.runner import StageWorker, drain
+from auditoryhum.stages.aligner import AlignerStage
+from auditoryhum.stages.clusterer import ClustererStage
+from auditoryhum.stages.labeler import LabelerStage
+from auditoryhum.stages.review import ReviewPolicy, ReviewStage
+from auditoryhum.taxonomy.builder import TaxonomyBuilder
+from auditoryhum.v1 import pipeline_pb2 as pb
+
+
+class Models:
+    """The offline default backends, loaded once and shared by the stages and the single-clip commands."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def tagger(self) -> YamnetTagger:
+        return YamnetTagger()
+
+    @cached_property
+    def embedder(self) -> SentenceEmbedder:
+        return SentenceEmbedder()
+
+    @cached_property
+    def labeler(self) -> TaggerLabeler:
+        s = self.settings
+        return TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)
+
+    @cached_property
+    def scorer(self) -> TagBridgeScorer:
+        return TagBridgeScorer(self.embedder, self.tagger.model_id)
+
+
+def audio_loader(settings: Settings) -> Callable[[pb.Clip, int], audio.Audio]:
+    """How the stages read a clip's audio, within the configured limits."""
+    limits = audio.AudioLimits(max_duration_s=settings.max_duration_s,
+                               max_file_bytes=int(settings.max_file_mb * 1024 * 1024))
+    return lambda clip, rate: audio.load(clip.uri, rate, limits)
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    out: Path
+
+
+def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset: str | None = None,
+        models: Models | None = None, on_start: Callable[[int], None] = lambda total: None,
+        on_clip_done: Callable[[], None] = lambda: None) -> RunResult:
+    started = time.perf_counter()
+    models = models or Models(settings)
+    dataset = dataset or audio_dir.resolve().name
+    found = ingest.scan(audio_dir)
+    on_start(len(found.files))
+
+    load_audio = audio_loader(settings)
+    bus = InMemoryBus()
+    writer = OutputWriter(out, on_clip_done)
+    with ThreadPoolExecutor(settings.workers, thread_name_prefix="decode") as executor:
+        stages = [
+            LabelerStage(models.labeler, load_audio, max_words=settings.max_words, executor=executor),
+            AlignerStage(models.scorer, load_audio, models.labeler.sample_rate),
+            ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold), settings.max_words),
+            ClustererStage(TaxonomyBuilder(models.embedder, k_min=settings.k_min, k_max=settings.k_max,
+                                           lam=settings.penalty_lambda, algorithm=settings.algorithm)),
+            writer,
+        ]
+        workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]
+        bus.publish(topics.DATASETS, dataset, pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(found.files)))
+        clips = ingest.clips(found, dataset, settings.class_from_folder)
+        exhausted = False
+        while not exhausted:
+            # Keep about two batches queued ahead of the labeler: enough to batch, never the whole folder.
+            while bus.lag(workers[0].consumer_group) < 2 * settings.batch_size:
+                clip = next(clips, None)
+                if clip is None:
+                    exhausted = True
+                    break
+                bus.publish(topics.CLIPS, clip.clip_id, clip)
+            drain(workers, max_rounds=1)
+        drain(workers)
+    elapsed = time.perf_counter() - started
+    summary = writer.finish(dataset, {
+        "skipped_files": [str(p) for p in found.skipped],
+        "seconds": round(elapsed, 3),
+        "clips_per_s": round(len(found.files) / elapsed, 2) if elapsed > 0 else None,
+    })
+    return RunResult(summary, out)

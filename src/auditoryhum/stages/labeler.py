@@ -1,0 +1,56 @@
+"""Labeler stage: a clip → its label proposal (the model's raw text, the post-processed labels and the tags)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Callable, Sequence
+
+from auditoryhum import topics
+from auditoryhum.audio import Audio, AudioError
+from auditoryhum.backends import Labeler
+from auditoryhum.labels import parse_labels
+from auditoryhum.stages.base import Out, Stage, dead_letter
+from auditoryhum.v1 import pipeline_pb2 as pb
+
+HINT_KEY = "review_hint"  # Clip.metadata key of a reviewer's hint for re-labelling
+
+
+class LabelerStage(Stage):
+    name = "labeler"
+    consumes = (topics.CLIPS,)
+
+    def __init__(self, labeler: Labeler, load_audio: Callable[[pb.Clip, int], Audio], *, max_words: int = 2,
+                 executor: Executor | None = None):
+        self.labeler, self.load_audio, self.max_words = labeler, load_audio, max_words
+        self._map = executor.map if executor is not None else map
+
+    def handle(self, message: pb.Clip) -> list[Out]:
+        return self.handle_batch([message])[0]
+
+    def handle_batch(self, clips: Sequence[pb.Clip]) -> list[list[Out]]:
+        outs: list[list[Out]] = [[] for _ in clips]
+        loaded = list(self._map(self._load, clips))
+        ready = [i for i, audio in enumerate(loaded) if isinstance(audio, Audio)]
+        for i, audio in enumerate(loaded):
+            if isinstance(audio, str):
+                outs[i].append(dead_letter(self.name, audio, clips[i]))
+        hints = [clips[i].metadata.get(HINT_KEY, "") for i in ready]
+        descriptions = self.labeler.describe([loaded[i] for i in ready], hints) if ready else []
+        for i, description, hint in zip(ready, descriptions, hints):
+            clip = clips[i]
+            labels = parse_labels(description.raw_text, self.max_words)
+            if not labels:
+                outs[i].append(dead_letter(self.name, f"no usable label in model output {description.raw_text[:200]!r}",
+                                           clip))
+                continue
+            proposal = pb.LabelProposal(clip=clip, model_id=self.labeler.model_id, prompt_id=self.labeler.prompt_id,
+                                        raw_text=description.raw_text, labels=labels, hint=hint)
+            proposal.tags.extend(pb.Tag(name=n, score=s) for n, s in description.tags)
+            outs[i].append(Out(topics.LABELS, clip.clip_id, proposal))
+        return outs
+
+    def _load(self, clip: pb.Clip) -> Audio | str:
+        try:
+            return self.load_audio(clip, self.labeler.sample_rate)
+        except AudioError as exc:
+            return str(exc)

@@ -1,0 +1,13 @@
+"""Versioned topic names. Every record is keyed by clip id, except dataset-wide control messages (by dataset)."""
+
+DATASETS = "auditoryhum.datasets.v1"
+CLIPS = "auditoryhum.clips.v1"
+LABELS = "auditoryhum.labels.v1"
+ALIGNMENTS = "auditoryhum.alignments.v1"
+REVIEW_TASKS = "auditoryhum.review.tasks.v1"
+REVIEW_DECISIONS = "auditoryhum.review.decisions.v1"
+FINAL_LABELS = "auditoryhum.labels.final.v1"
+TAXONOMY = "auditoryhum.taxonomy.v1"
+DLQ = "auditoryhum.dlq.v1"
+
+ALL = (DATASETS, CLIPS, LABELS, ALIGNMENTS, REVIEW_TASKS, REVIEW_DECISIONS, FINAL_LABELS, TAXONOMY, DLQ)

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code for the `auditoryhum.v1` contracts (`make proto`; never edited by hand)."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real offline models (loaded once) and real recordings from Debian packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from auditoryhum.config import Settings
+from auditoryhum.pipeline import Models
+
+LINCITY = Path("/usr/share/games/lincity-ng/sounds")
+SIMUTRANS = Path("/usr/share/games/simutrans/pak/sound")
+TRAFFIC = sorted(LINCITY.glob("Trafic*.wav"))
+
+
+@pytest.fixture(scope="session")
+def models() -> Models:
+    return Models(Settings())
+
+
+@pytest.fixture(scope="session")
+def traffic_clips() -> list[Path]:
+    assert len(TRAFFIC) >= 6, "lincity-ng-data is not installed (make setup)"
+    return TRAFFIC
+
+
+def write_bad_files(folder: Path) -> dict[str, str]:
+    """One file of each kind of bad input; returns file name → the words its dead-letter reason must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "not_audio.wav").write_text("this is a text file pretending to be audio\n" * 20)
+    good = (np.sin(np.linspace(0, 2000, 16000)) * 0.3).astype(np.float32)
+    sf.write(folder / "truncated.wav", good, 16000)
+    (folder / "truncated.wav").write_bytes((folder / "truncated.wav").read_bytes()[:30])
+    nan = good.copy()
+    nan[100:200] = np.nan
+    sf.write(folder / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(folder / "silent.flac", np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(folder / "too_long.ogg", np.tile(good, 12), 16000)  # 12 s: over the 10 s cap the tests set
+    return {"empty.wav": "empty", "not_audio.wav": "not readable", "truncated.wav": "not readable",
+            "nan.wav": "NaN", "silent.flac": "silent", "too_long.ogg": "too long"}
