@@ -45,13 +45,16 @@ def run(
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
     max_words: Optional[int] = typer.Option(None, help="Words kept per label."),
     class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
+    namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                               help="Local text-generation model folder that names the clusters."),
 ) -> None:
     """Label, score, review and cluster every clip in AUDIO_DIR (embedded mode, one process)."""
     from auditoryhum import pipeline
 
     settings = _settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
                          k_max=k_max, penalty_lambda=lam, algorithm=algorithm, max_words=max_words,
-                         class_from_folder=class_from_folder or None)
+                         class_from_folder=class_from_folder or None,
+                         namer_model=str(namer_model) if namer_model else None)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("loading models", total=None)
@@ -61,6 +64,48 @@ def run(
             on_clip_done=lambda: progress.advance(task),
         )
     _print_summary(result.summary, out)
+
+
+@app.command()
+def cluster(
+    table: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                 help="CSV with a 'label' column (optional 'count', 'ground_truth', 'score') or a run's labels.csv."),
+    out: Path = typer.Option(Path("out/taxonomy"), "--out", "-o"),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the table's file name)."),
+    k_min: Optional[int] = typer.Option(None, "--k-min"),
+    k_max: Optional[int] = typer.Option(None, "--k-max"),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
+    algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
+    namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                               help="Local text-generation model folder that names the clusters."),
+) -> None:
+    """Cluster a table of labels into a taxonomy: taxonomy.json and report.html in OUT."""
+    import numpy as np
+
+    from auditoryhum.outputs import write_taxonomy
+    from auditoryhum.pipeline import Models
+    from auditoryhum.taxonomy.table import read_label_table
+
+    settings = _settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm,
+                         namer_model=str(namer_model) if namer_model else None)
+    try:
+        labels = read_label_table(table, settings.max_words)
+    except ValueError as exc:
+        raise _bad(table, exc)
+    models = Models(settings)
+    taxonomy = models.taxonomy_builder().build(dataset or table.stem, labels.counts)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = write_taxonomy(out, taxonomy, models.embedder, clips=labels.clips,
+                             scores=np.asarray(labels.scores) if labels.scores else None)
+    result = Table(title=f"{taxonomy.k} clusters of {taxonomy.unique_labels} labels ({taxonomy.clips} clips)")
+    for col in ("id", "composite label", "clips", "labels"):
+        result.add_column(col)
+    for c in taxonomy.clusters:
+        result.add_row(str(c.cluster_id), c.composite_label, str(c.size),
+                       ", ".join(lc.label for lc in c.labels[:6]) + (" …" if len(c.labels) > 6 else ""))
+    Console().print(result)
+    Console().print(" ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in metrics.items()))
+    Console().print(f"wrote {out / 'taxonomy.json'} and {out / 'report.html'}")
 
 
 def _print_summary(summary: dict, out: Path) -> None:

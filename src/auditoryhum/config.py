@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     k_max: int = Field(64, ge=2)
     penalty_lambda: float = Field(2.0, ge=0, description="λ of S_adj(k) = S(k) - λ·k/U")
     algorithm: str = Field("kmeans", pattern="^(kmeans|ward)$")
+    namer_model: str | None = Field(None, description="local text-generation model folder naming the clusters")
     # execution
     batch_size: int = Field(32, ge=1, description="clips per model call")
-    workers: int = Field(2, ge=1, description="threads decoding audio")
+    workers: int = Field(2, ge=1, description="labeler threads, each decoding and tagging its share of a batch")
     class_from_folder: bool = Field(False, description="a clip's first sub-folder is its ground-truth class")

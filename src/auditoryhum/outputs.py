@@ -1,22 +1,23 @@
 """The embedded run's output folder: a sink that writes each record as it arrives, then the summary.
 
 Files (a contract other tools rely on): labels.csv, alignments.csv, review_queue.csv, final_labels.csv,
-dead_letters.csv, assignments.csv, taxonomy.json, summary.json.
+dead_letters.csv, assignments.csv, taxonomy.json, summary.json, report.html and its PNG plots.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from google.protobuf.message import Message
 
-from auditoryhum import topics
+from auditoryhum import report, topics
+from auditoryhum.backends import TextEmbedder
 from auditoryhum.stages.base import Out, Stage
+from auditoryhum.taxonomy.metrics import agreement, lowest_mean
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 COLUMNS = {
@@ -49,12 +50,30 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
     }
 
 
-def lowest_mean(scores: np.ndarray, fraction: float = 0.01) -> float:
-    """Mean of the lowest ``fraction`` of scores (at least one): the paper's μ1%."""
-    if len(scores) == 0:
-        return float("nan")
-    n = max(1, math.ceil(fraction * len(scores)))
-    return float(np.sort(scores)[:n].mean())
+def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
+                   clips: list[tuple[str, str]] = (), scores: np.ndarray | None = None,
+                   reviewed: np.ndarray | None = None) -> dict:
+    """taxonomy.json, report.html and its plots; returns the metrics (shared by `run` and `cluster`)."""
+    (out / "taxonomy.json").write_text(json.dumps(taxonomy_dict(taxonomy), indent=2) + "\n")
+    cluster_of = {lc.label: c.cluster_id for c in taxonomy.clusters for lc in c.labels}
+    metrics: dict = {
+        "clips": taxonomy.clips, "unique_labels": taxonomy.unique_labels, "k": taxonomy.k,
+        "lambda": taxonomy.penalty_lambda, "silhouette": taxonomy.silhouette,
+        "adjusted_silhouette": taxonomy.adjusted_silhouette,
+    }
+    if scores is not None and len(scores):
+        metrics |= {"mu_c": float(np.mean(scores)), "mu_1pct": lowest_mean(scores)}
+    if reviewed is not None and len(reviewed):
+        # Before = the model labels' scores; after needs human decisions re-scored (review service).
+        metrics |= {"review_mean_before": float(np.mean(reviewed)), "review_mean_after": None}
+    if clips:
+        labels = [label for label, _ in clips if label in cluster_of]
+        gts = [gt for label, gt in clips if label in cluster_of]
+        metrics |= agreement([cluster_of[l] for l in labels], gts) or {}
+    vectors = dict(zip(cluster_of, embedder.embed(list(cluster_of)))) if cluster_of else {}
+    review_cut = float(np.max(reviewed)) if reviewed is not None and len(reviewed) else None
+    report.write(out, taxonomy, vectors, metrics, scores, review_cut)
+    return metrics
 
 
 class OutputWriter(Stage):
@@ -72,7 +91,7 @@ class OutputWriter(Stage):
         self.scores: list[float] = []
         self.dead_letters = 0
         self.failed_clips = 0  # clips dead-lettered before scoring
-        self.reviewed = 0
+        self.reviewed_scores: list[float] = []
         self.taxonomies: dict[str, pb.Taxonomy] = {}
         self._on_clip_done = on_clip_done
 
@@ -89,7 +108,7 @@ class OutputWriter(Stage):
         elif isinstance(message, pb.ReviewTask):
             a = message.alignment
             self._csv["review_queue.csv"].writerow((a.clip.clip_id, a.clip.uri, a.best_label, f"{a.best_score:.6f}"))
-            self.reviewed += 1
+            self.reviewed_scores.append(a.best_score)
         elif isinstance(message, pb.FinalLabel):
             self._csv["final_labels.csv"].writerow((message.clip.clip_id, message.clip.uri, message.label,
                                                     SOURCES.get(message.source, "unknown"), f"{message.score:.6f}",
@@ -104,13 +123,13 @@ class OutputWriter(Stage):
             self.taxonomies[message.dataset] = message
         return []
 
-    def finish(self, dataset: str, extra: dict | None = None) -> dict:
-        """Close the streams, join final labels with the taxonomy and write taxonomy.json and summary.json."""
+    def finish(self, dataset: str, embedder: TextEmbedder, extra: dict | None = None) -> dict:
+        """Close the streams, join final labels with the taxonomy, write the taxonomy, report and summary."""
         for f in self._files.values():
             f.close()
         taxonomy = self.taxonomies.get(dataset, pb.Taxonomy(dataset=dataset))
-        (self.out / "taxonomy.json").write_text(json.dumps(taxonomy_dict(taxonomy), indent=2) + "\n")
         cluster_of = {lc.label: c for c in taxonomy.clusters for lc in c.labels}
+        clips: list[tuple[str, str]] = []
         with (self.out / "final_labels.csv").open(newline="", encoding="utf-8") as src, \
                 (self.out / "assignments.csv").open("w", newline="", encoding="utf-8") as dst:
             writer = csv.writer(dst)
@@ -119,20 +138,18 @@ class OutputWriter(Stage):
                 cluster = cluster_of.get(row["label"])
                 writer.writerow((row["clip_id"], row["path"], row["label"],
                                  cluster.cluster_id if cluster else "", cluster.composite_label if cluster else ""))
-        scores = np.asarray(self.scores, dtype=np.float64)
+                clips.append((row["label"], row["ground_truth"]))
+        metrics = write_taxonomy(self.out, taxonomy, embedder, clips=clips,
+                                 scores=np.asarray(self.scores), reviewed=np.asarray(self.reviewed_scores))
         summary = {
             "dataset": dataset,
-            "clips": len(scores) + self.failed_clips,
-            "labelled": len(scores),
+            **metrics,
+            "clips": len(self.scores) + self.failed_clips,  # every clip ingested, not only those clustered
+            "labelled": len(self.scores),
             "dead_letters": self.dead_letters,
-            "reviewed": self.reviewed,
-            "unique_labels": taxonomy.unique_labels,
-            "mu_c": float(scores.mean()) if len(scores) else None,
-            "mu_1pct": lowest_mean(scores) if len(scores) else None,
-            "k": taxonomy.k,
-            "lambda": taxonomy.penalty_lambda,
-            "silhouette": taxonomy.silhouette,
-            "adjusted_silhouette": taxonomy.adjusted_silhouette,
+            "reviewed": len(self.reviewed_scores),
+            "mu_c": metrics.get("mu_c"),
+            "mu_1pct": metrics.get("mu_1pct"),
             **(extra or {}),
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -25,6 +25,7 @@ from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
+from auditoryhum.taxonomy.naming import TransformersGenerator
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 
@@ -36,7 +37,8 @@ class Models:
 
     @cached_property
     def tagger(self) -> YamnetTagger:
-        return YamnetTagger()
+        # Parallelism comes from the labeler's workers, one model call each; one thread per call avoids contention.
+        return YamnetTagger(threads=1 if self.settings.workers > 1 else 0)
 
     @cached_property
     def embedder(self) -> SentenceEmbedder:
@@ -50,6 +52,12 @@ class Models:
     @cached_property
     def scorer(self) -> TagBridgeScorer:
         return TagBridgeScorer(self.embedder, self.tagger.model_id)
+
+    def taxonomy_builder(self) -> TaxonomyBuilder:
+        s = self.settings
+        namer = TransformersGenerator(s.namer_model) if s.namer_model else None
+        return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=s.k_max, lam=s.penalty_lambda,
+                               algorithm=s.algorithm, namer=namer)
 
 
 def audio_loader(settings: Settings) -> Callable[[pb.Clip, int], audio.Audio]:
@@ -77,13 +85,13 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
     load_audio = audio_loader(settings)
     bus = InMemoryBus()
     writer = OutputWriter(out, on_clip_done)
-    with ThreadPoolExecutor(settings.workers, thread_name_prefix="decode") as executor:
+    with ThreadPoolExecutor(settings.workers, thread_name_prefix="labeler") as executor:
         stages = [
-            LabelerStage(models.labeler, load_audio, max_words=settings.max_words, executor=executor),
+            LabelerStage(models.labeler, load_audio, max_words=settings.max_words, executor=executor,
+                         workers=settings.workers),
             AlignerStage(models.scorer, load_audio, models.labeler.sample_rate),
             ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold), settings.max_words),
-            ClustererStage(TaxonomyBuilder(models.embedder, k_min=settings.k_min, k_max=settings.k_max,
-                                           lam=settings.penalty_lambda, algorithm=settings.algorithm)),
+            ClustererStage(models.taxonomy_builder()),
             writer,
         ]
         workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]
@@ -101,7 +109,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
             drain(workers, max_rounds=1)
         drain(workers)
     elapsed = time.perf_counter() - started
-    summary = writer.finish(dataset, {
+    summary = writer.finish(dataset, models.embedder, {
         "skipped_files": [str(p) for p in found.skipped],
         "seconds": round(elapsed, 3),
         "clips_per_s": round(len(found.files) / elapsed, 2) if elapsed > 0 else None,

@@ -29,7 +29,9 @@ class SentenceEmbedder:
     def __init__(self, path: str | None = None, model_id: str = MINILM_ID, cache_size: int = 200_000,
                  batch_size: int = 256):
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a weights bar per model load is noise in a CLI run
         self.model_id = model_id
         self._model = SentenceTransformer(path or minilm_path(), device="cpu")
         self.dimension = int(self._model.get_embedding_dimension())

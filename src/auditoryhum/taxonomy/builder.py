@@ -7,20 +7,15 @@ from typing import Mapping
 import numpy as np
 
 from auditoryhum.backends import TextEmbedder
+from auditoryhum.taxonomy.naming import TextGenerator, clean_name, cluster_prompt, frequent_labels_name, ranked
 from auditoryhum.taxonomy.selection import select_k
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 
-def composite_label(counts: Mapping[str, int], top: int = 2) -> str:
-    """The offline name of a cluster: its most frequent labels (ties alphabetical), so it is deterministic."""
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return " / ".join(label for label, _ in ranked[:top])
-
-
 class TaxonomyBuilder:
     def __init__(self, embedder: TextEmbedder, *, k_min: int = 2, k_max: int = 64, lam: float = 2.0,
-                 algorithm: str = "kmeans", seed: int = 0):
-        self.embedder = embedder
+                 algorithm: str = "kmeans", seed: int = 0, namer: TextGenerator | None = None):
+        self.embedder, self.namer = embedder, namer
         self.k_min, self.k_max, self.lam, self.algorithm, self.seed = k_min, k_max, lam, algorithm, seed
 
     def build(self, dataset: str, counts: Mapping[str, int]) -> pb.Taxonomy:
@@ -44,10 +39,17 @@ class TaxonomyBuilder:
         for label, cluster in zip(labels, selection.labels):
             members.setdefault(int(cluster), {})[label] = counts[label]
         # Clusters are numbered by size, largest first, so ids are stable across identical inputs.
-        ordered = sorted(members.values(), key=lambda m: (-sum(m.values()), composite_label(m)))
-        for cluster_id, member_counts in enumerate(ordered):
-            ranked = sorted(member_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        ordered = sorted(members.values(), key=lambda m: (-sum(m.values()), frequent_labels_name(m)))
+        names = self._names(ordered)
+        for cluster_id, (member_counts, name) in enumerate(zip(ordered, names)):
             taxonomy.clusters.append(pb.TaxonomyCluster(
-                cluster_id=cluster_id, composite_label=composite_label(member_counts),
-                labels=[pb.LabelCount(label=l, count=c) for l, c in ranked], size=sum(member_counts.values())))
+                cluster_id=cluster_id, composite_label=name, size=sum(member_counts.values()),
+                labels=[pb.LabelCount(label=l, count=c) for l, c in ranked(member_counts)]))
         return taxonomy
+
+    def _names(self, clusters: list[dict[str, int]]) -> list[str]:
+        offline = [frequent_labels_name(m) for m in clusters]
+        if self.namer is None:
+            return offline
+        answers = self.namer.generate([cluster_prompt(m) for m in clusters])
+        return [clean_name(a) or fallback for a, fallback in zip(answers, offline)]

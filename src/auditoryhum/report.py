@@ -1,0 +1,116 @@
+"""The human-readable report: taxonomy table, metrics and three plots, as ``report.html`` plus PNGs.
+
+Every label is untrusted text (a model wrote it after listening to audio that may contain speech): the HTML
+escapes all of it.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from auditoryhum.v1 import pipeline_pb2 as pb  # noqa: E402
+
+CURVE_PNG, MAP_PNG, SCORES_PNG = "selection_curve.png", "label_map.png", "score_histogram.png"
+MAX_MAP_LABELS = 3000  # t-SNE cost grows fast; the most frequent labels show the structure
+
+
+def plot_curve(taxonomy: pb.Taxonomy, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ks = [p.k for p in taxonomy.curve]
+    ax.plot(ks, [p.silhouette for p in taxonomy.curve], "o-", ms=3, label="S(k), weighted silhouette")
+    ax.plot(ks, [p.adjusted for p in taxonomy.curve], "s-", ms=3, label=f"S_adj(k) = S(k) − {taxonomy.penalty_lambda:g}·k/U")
+    ax.axvline(taxonomy.k, color="crimson", ls="--", label=f"k* = {taxonomy.k}")
+    ax.set(xlabel="k (clusters)", ylabel="score", title="Choosing the number of clusters")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_map(taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], path: Path, seed: int = 0) -> None:
+    from sklearn.manifold import TSNE
+
+    rows = sorted(((lc.count, lc.label, c.cluster_id) for c in taxonomy.clusters for lc in c.labels), reverse=True)
+    rows = rows[:MAX_MAP_LABELS]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if len(rows) >= 3:
+        x = np.stack([vectors[label] for _, label, _ in rows])
+        xy = TSNE(2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed,
+                  metric="cosine").fit_transform(x)
+        counts = np.array([c for c, _, _ in rows], dtype=float)
+        ax.scatter(xy[:, 0], xy[:, 1], c=[cid for _, _, cid in rows], cmap="tab20",
+                   s=12 + 120 * np.sqrt(counts / counts.max()), alpha=0.75, edgecolors="none")
+        for (count, label, _), (px, py) in list(zip(rows, xy))[:25]:
+            ax.annotate(label, (px, py), fontsize=7)
+    ax.set(title="Label embeddings (t-SNE), colour = cluster, size = clips", xticks=[], yticks=[])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scores(scores: np.ndarray, cut: float | None, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(scores, bins=min(60, max(10, len(scores) // 10)), color="steelblue")
+    if cut is not None:
+        ax.axvline(cut, color="crimson", ls="--", label=f"review cut ≤ {cut:.3f}")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="clip score (best label)", ylabel="clips", title="Label–audio alignment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metrics: dict,
+          scores: np.ndarray | None = None, review_cut: float | None = None) -> Path:
+    """Write report.html and its PNGs into ``out``; returns the HTML path."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = []
+    if taxonomy.curve:
+        plot_curve(taxonomy, out / CURVE_PNG)
+        images.append((CURVE_PNG, "Selection curve"))
+    if taxonomy.clusters:
+        plot_map(taxonomy, vectors, out / MAP_PNG)
+        images.append((MAP_PNG, "Label map"))
+    if scores is not None and len(scores):
+        plot_scores(scores, review_cut, out / SCORES_PNG)
+        images.append((SCORES_PNG, "Clip scores"))
+    esc = html.escape
+    metric_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in metrics.items())
+    cluster_rows = "".join(
+        f"<tr><td>{c.cluster_id}</td><td>{esc(c.composite_label)}</td><td>{c.size}</td><td>"
+        + ", ".join(f"{esc(lc.label)} ({lc.count})" for lc in c.labels[:12])
+        + (f", … {len(c.labels) - 12} more" if len(c.labels) > 12 else "") + "</td></tr>"
+        for c in taxonomy.clusters)
+    figures = "".join(f'<figure><img src="{src}" alt="{esc(alt)}"><figcaption>{esc(alt)}</figcaption></figure>'
+                      for src, alt in images)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self'; style-src 'unsafe-inline'">
+<title>AuditoryHuM taxonomy: {esc(taxonomy.dataset)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}}figure{{display:inline-block;margin:1rem}}
+img{{max-width:100%}}</style></head><body>
+<h1>Taxonomy of <em>{esc(taxonomy.dataset)}</em></h1>
+<p>{taxonomy.k} clusters of {taxonomy.unique_labels} unique labels over {taxonomy.clips} clips
+({esc(taxonomy.algorithm)}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
+<h2>Metrics</h2><table>{metric_rows}</table>
+<h2>Clusters</h2><table><tr><th>id</th><th>composite label</th><th>clips</th><th>labels (clips)</th></tr>{cluster_rows}</table>
+<h2>Plots</h2>{figures}
+</body></html>
+"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
