@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from auditoryhum.audio import AudioError
+from auditoryhum.audio import AUDIO_EXTENSIONS, AudioError
 from auditoryhum.backends import ScoreItem
 from auditoryhum.config import Settings
 from auditoryhum.labels import parse_labels
@@ -120,6 +120,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+    if not summary["clips"]:
+        console.print(f"[yellow]no audio files found (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})")
     if summary["skipped_files"]:
         console.print(f"[yellow]skipped {len(summary['skipped_files'])} file(s) without an audio extension")
 

@@ -19,7 +19,7 @@ from auditoryhum.backends.yamnet import TaggerLabeler, YamnetTagger
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
 from auditoryhum.outputs import OutputWriter
-from auditoryhum.runner import StageWorker, drain
+from auditoryhum.runner import StageWorker, Threads
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import LabelerStage
@@ -95,19 +95,18 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
             writer,
         ]
         workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]
+        groups = [w.consumer_group for w in workers]
         bus.publish(topics.DATASETS, dataset, pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(found.files)))
-        clips = ingest.clips(found, dataset, settings.class_from_folder)
-        exhausted = False
-        while not exhausted:
-            # Keep about two batches queued ahead of the labeler: enough to batch, never the whole folder.
-            while bus.lag(workers[0].consumer_group) < 2 * settings.batch_size:
-                clip = next(clips, None)
-                if clip is None:
-                    exhausted = True
-                    break
+        with Threads(workers) as threads:
+            for clip in ingest.clips(found, dataset, settings.class_from_folder):
+                # Keep a few batches queued ahead of the labeler: enough to batch, never the whole folder.
+                while bus.lag(groups[0]) >= 3 * settings.batch_size:
+                    threads.check()
+                    time.sleep(0.002)
                 bus.publish(topics.CLIPS, clip.clip_id, clip)
-            drain(workers, max_rounds=1)
-        drain(workers)
+            while bus.lag(*groups):
+                threads.check()
+                time.sleep(0.005)
     elapsed = time.perf_counter() - started
     summary = writer.finish(dataset, models.embedder, {
         "skipped_files": [str(p) for p in found.skipped],

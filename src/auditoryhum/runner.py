@@ -8,6 +8,7 @@ its handler fail becomes a dead letter with the reason; a transient back-end err
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Sequence
 
@@ -84,3 +85,42 @@ def drain(workers: Sequence[StageWorker], max_rounds: int | None = None) -> int:
         if done == 0:
             break
     return total
+
+
+class Threads:
+    """Each worker loops on its own thread — stages overlap like services — until :meth:`stop`.
+
+    The first exception that escapes a worker (a bug, not a bad record) stops them all and is re-raised.
+    """
+
+    def __init__(self, workers: Sequence[StageWorker], poll_timeout_s: float = 0.05):
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._threads = [threading.Thread(target=self._loop, args=(w, poll_timeout_s), name=w.stage.name, daemon=True)
+                         for w in workers]
+
+    def __enter__(self) -> "Threads":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _loop(self, worker: StageWorker, timeout_s: float) -> None:
+        try:
+            while not self._stop.is_set():
+                worker.step(timeout_s)
+        except BaseException as exc:  # noqa: BLE001 — handed to the caller by check()
+            self._error = exc
+            self._stop.set()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"pipeline worker failed: {self._error!r}") from self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        self.check()

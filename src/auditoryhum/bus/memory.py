@@ -46,6 +46,7 @@ class InMemoryBus:
         self._topics: dict[str, list[_Partition]] = {}
         self._groups: dict[str, _Group] = {}
         self._lock = threading.RLock()
+        self._published = threading.Condition(self._lock)  # wakes consumers waiting in poll()
 
     def _topic(self, topic: str) -> list[_Partition]:
         if topic not in self._topics:
@@ -59,6 +60,7 @@ class InMemoryBus:
             p = partition_for(key, len(partitions))
             part = partitions[p]
             part.records.append(Record(topic, p, part.end, key, value, headers))
+            self._published.notify_all()
 
     def flush(self) -> None:
         pass
@@ -75,11 +77,12 @@ class InMemoryBus:
                     state.acked[tp] = set()
             return InMemoryConsumer(self, state)
 
-    def lag(self, group: str) -> int:
-        """Records published but not yet committed by ``group``."""
+    def lag(self, *groups: str) -> int:
+        """Records published but not yet committed by ``groups``, in one consistent snapshot: since a worker
+        publishes its outputs before it acknowledges its input, a total of 0 means nothing is in flight."""
         with self._lock:
-            state = self._groups[group]
-            return sum(self._topics[t][p].end - off for (t, p), off in state.committed.items())
+            return sum(self._topics[t][p].end - off for g in groups
+                       for (t, p), off in self._groups[g].committed.items())
 
     def retained(self) -> int:
         with self._lock:
@@ -102,19 +105,27 @@ class InMemoryConsumer:
         self._turn = 0
 
     def poll(self, max_records: int = 64, timeout_s: float = 0.0) -> list[Record]:
-        out: list[Record] = []
         with self._bus._lock:
-            # Start at a different partition each call so a busy partition cannot starve the others.
-            order = list(self._state.position.items())
-            self._turn = (self._turn + 1) % len(order)
-            for tp, pos in order[self._turn :] + order[: self._turn]:
-                part = self._bus._topics[tp[0]][tp[1]]
-                while pos < part.end and len(out) < max_records:
-                    out.append(part.records[pos - part.base])
-                    pos += 1
-                self._state.position[tp] = pos
-                if len(out) >= max_records:
-                    break
+            records = self._take(max_records)
+            if not records and timeout_s > 0:
+                self._bus._published.wait(timeout_s)
+                records = self._take(max_records)
+            return records
+
+    def _take(self, max_records: int) -> list[Record]:
+        """Called with the bus lock held."""
+        out: list[Record] = []
+        # Start at a different partition each call so a busy partition cannot starve the others.
+        order = list(self._state.position.items())
+        self._turn = (self._turn + 1) % len(order)
+        for tp, pos in order[self._turn :] + order[: self._turn]:
+            part = self._bus._topics[tp[0]][tp[1]]
+            while pos < part.end and len(out) < max_records:
+                out.append(part.records[pos - part.base])
+                pos += 1
+            self._state.position[tp] = pos
+            if len(out) >= max_records:
+                break
         return out
 
     def ack(self, record: Record) -> None:

@@ -1,6 +1,6 @@
 """Clustering of unique label embeddings into k groups.
 
-Every algorithm has the signature ``(x, k, weights, *, seed) -> labels`` where
+Every algorithm has the signature ``(x, k, weights, *, seed, nredo) -> labels`` where
 ``x`` holds U unique-label embeddings, ``weights`` their clip counts, and the
 returned labels are contiguous ids ``0..k'-1`` (``k' <= k``) for each row.
 """
@@ -21,7 +21,7 @@ __all__ = ["ALGORITHMS", "Clusterer", "kmeans", "ward"]
 
 class Clusterer(Protocol):
     def __call__(
-        self, x: np.ndarray, k: int, weights: np.ndarray, *, seed: int = 0
+        self, x: np.ndarray, k: int, weights: np.ndarray, *, seed: int = 0, nredo: int = 1
     ) -> np.ndarray: ...
 
 
@@ -30,54 +30,80 @@ def _check_k(k: int, u: int) -> None:
         raise ValueError(f"k={k} must be between 1 and the number of rows ({u})")
 
 
+_BLOCK = 16384
+"""Rows upcast to float64 at a time when accumulating cluster sums."""
+
+
 def _objective(sums: np.ndarray) -> float:
     """Weighted spherical k-means objective Σ_c ‖S_c‖ = Σ_i w_i cos(x_i, μ_c)."""
     return float(np.sqrt(np.einsum("ij,ij->i", sums, sums)).sum())
 
 
+def _weighted_sums(
+    x: np.ndarray, w: np.ndarray, src: np.ndarray, dst: np.ndarray | None, k: int
+) -> np.ndarray:
+    """Σ w_i x_i into cluster ``dst`` minus the same out of ``src`` (float64).
+
+    With ``dst=None`` it is just the per-cluster sums over ``src``. Rows are
+    upcast a block at a time so the float64 accumulation never copies all of x.
+    """
+    out = np.zeros((k, x.shape[1]))
+    for start in range(0, len(x), _BLOCK):
+        sl = slice(start, start + _BLOCK)
+        n = len(x[sl])
+        if dst is None:
+            coo = (w[sl], (src[sl], np.arange(n)))
+        else:
+            rows = np.r_[dst[sl], src[sl]]
+            coo = (np.r_[w[sl], -w[sl]], (rows, np.r_[np.arange(n), np.arange(n)]))
+        out += sp.csr_matrix(coo, shape=(k, n)) @ x[sl].astype(np.float64)
+    return out
+
+
 def _best_transfers(
-    x: np.ndarray, labels: np.ndarray, w: np.ndarray, sums: np.ndarray, sizes: np.ndarray
+    dots: np.ndarray, labels: np.ndarray, w: np.ndarray, norm: np.ndarray, sizes: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best target cluster of each row and the exact objective change of moving there.
 
     Unlike Lloyd's nearest-centroid rule this accounts for the row's own pull
     on its centroid: ‖S ± w x‖ − ‖S‖ = (w² ± 2w x·S) / (‖S ± w x‖ + ‖S‖),
-    written in that cancellation-free form (float32 suffices for the U × k
-    part). Rows alone in their cluster get gain −inf: they stay.
+    written in that cancellation-free form (float32 suffices for the k × U
+    part). ``dots`` is S_b·x_i (k × U), ``norm`` is ‖S_b‖. Rows alone in
+    their cluster get gain −inf: they stay.
     """
-    norm = np.sqrt(np.einsum("ij,ij->i", sums, sums))
-    rows = np.arange(len(x))
-    g = x @ sums.T.astype(np.float32)  # x·S_b, then turned into the gain of joining b
-    own_dot = g[rows, labels].astype(np.float64)
-    w32 = w.astype(np.float32)[:, None]
-    g *= 2 * w32
+    cols = np.arange(dots.shape[1])
+    own_dot = dots[labels, cols].astype(np.float64)
+    w32 = w.astype(np.float32)
+    g = dots * (2 * w32)  # becomes the gain of joining each cluster
     g += w32 * w32
-    denom = g + (norm * norm).astype(np.float32)
+    denom = g + (norm * norm).astype(np.float32)[:, None]
     np.sqrt(denom, out=denom)
-    denom += norm.astype(np.float32)
+    denom += norm.astype(np.float32)[:, None]
     g /= denom
-    g[rows, labels] = -np.inf
-    target = g.argmax(axis=1)
+    g[labels, cols] = -np.inf
+    target = g.argmax(axis=0)
     n_own = norm[labels]
     d_out = w * w - 2 * w * own_dot
     loss = d_out / (np.sqrt(np.maximum(n_own * n_own + d_out, 0.0)) + n_own)
-    gain = g[rows, target] + loss
+    gain = g[target, cols] + loss
     gain[sizes[labels] <= 1] = -np.inf
     return target, gain
 
 
-def _moved_sums(
-    x: np.ndarray, w: np.ndarray, sums: np.ndarray, rows: np.ndarray, src: np.ndarray, dst: np.ndarray
-) -> np.ndarray:
-    """Cluster sums after moving ``rows`` from ``src`` to ``dst`` clusters (O(moves·d))."""
-    wx = w[rows, None] * x[rows].astype(np.float64)
-    out = sums.copy()
-    np.add.at(out, src, -wx)
-    np.add.at(out, dst, wx)
-    return out
+def _non_interacting(gain: np.ndarray, src: np.ndarray, dst: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the best moves such that each cluster is touched at most once."""
+    touched = np.zeros(k, dtype=bool)
+    keep = []
+    for j in np.argsort(-gain):
+        if not (touched[src[j]] or touched[dst[j]]):
+            touched[src[j]] = touched[dst[j]] = True
+            keep.append(j)
+    return np.asarray(keep, dtype=np.intp)
 
 
-def _refine(x: np.ndarray, labels: np.ndarray, w: np.ndarray, max_rounds: int) -> np.ndarray:
+def _refine(
+    x: np.ndarray, labels: np.ndarray, w: np.ndarray, max_rounds: int
+) -> tuple[np.ndarray, float]:
     """Hartigan-style transfer refinement of a weighted spherical k-means result.
 
     Lloyd iterations get trapped when a frequent label sits in the wrong
@@ -86,41 +112,36 @@ def _refine(x: np.ndarray, labels: np.ndarray, w: np.ndarray, max_rounds: int) -
     A round first tries all improving moves at once and keeps them if the
     objective rises; otherwise it applies the best moves that touch each
     cluster at most once, whose gains do not interact and so are exact.
-    Never empties a cluster; stops when no move gains or after max_rounds.
+    Only the dot products of changed clusters are recomputed. Never empties
+    a cluster; stops when no move gains or after ``max_rounds``. Returns the
+    labels and their objective.
     """
     k = int(labels.max()) + 1
-    onehot = sp.csr_matrix((w, (labels, np.arange(len(x)))), shape=(k, len(x)))
-    sums = np.asarray(onehot @ x.astype(np.float64))
+    labels = labels.copy()
+    sums = _weighted_sums(x, w, labels, None, k)
     sizes = np.bincount(labels, minlength=k)
     objective = _objective(sums)
+    dots = sums.astype(np.float32) @ x.T
     for _ in range(max_rounds):
-        target, gain = _best_transfers(x, labels, w, sums, sizes)
+        norm = np.sqrt(np.einsum("ij,ij->i", sums, sums))
+        target, gain = _best_transfers(dots, labels, w, norm, sizes)
         movers = np.flatnonzero(gain > 1e-5 * w)
         if len(movers) == 0:
             break
         src, dst = labels[movers], target[movers]
-        new_sizes = sizes - np.bincount(src, minlength=k) + np.bincount(dst, minlength=k)
-        if new_sizes.min() > 0:
-            new_sums = _moved_sums(x, w, sums, movers, src, dst)
-            new_objective = _objective(new_sums)
-            if new_objective > objective:
-                labels = labels.copy()
-                labels[movers] = dst
-                sums, sizes, objective = new_sums, new_sizes, new_objective
-                continue
-        touched = np.zeros(k, dtype=bool)
-        keep = []
-        for j in np.argsort(-gain[movers]):
-            if not (touched[src[j]] or touched[dst[j]]):
-                touched[src[j]] = touched[dst[j]] = True
-                keep.append(j)
-        keep = np.asarray(keep)
-        sums = _moved_sums(x, w, sums, movers[keep], src[keep], dst[keep])
-        sizes = sizes - np.bincount(src[keep], minlength=k) + np.bincount(dst[keep], minlength=k)
-        labels = labels.copy()
-        labels[movers[keep]] = dst[keep]
+        moved = sizes - np.bincount(src, minlength=k) + np.bincount(dst, minlength=k)
+        delta = _weighted_sums(x[movers], w[movers], src, dst, k)
+        if moved.min() == 0 or _objective(sums + delta) <= objective:
+            keep = _non_interacting(gain[movers], src, dst, k)
+            movers, src, dst = movers[keep], src[keep], dst[keep]
+            moved = sizes - np.bincount(src, minlength=k) + np.bincount(dst, minlength=k)
+            delta = _weighted_sums(x[movers], w[movers], src, dst, k)
+        labels[movers] = dst
+        sums, sizes = sums + delta, moved
         objective = _objective(sums)
-    return labels
+        changed = np.union1d(src, dst)
+        dots[changed] = sums[changed].astype(np.float32) @ x.T
+    return labels, objective
 
 
 def kmeans(
@@ -143,28 +164,35 @@ def kmeans(
     nearest centroid and the partition is improved by up to ``refine_rounds``
     rounds of exact transfer moves (see :func:`_refine`; 0 disables), which
     escape the local optima Lloyd falls into under Zipf-like weights.
-    Deterministic for a given ``seed`` (and thread count). Labels are
-    contiguous ``0..k'-1``; k' < k only if a centroid attracted no rows.
+    ``nredo`` restarts (seeds ``seed .. seed+nredo-1``) keep the refined
+    partition with the best objective. Deterministic for a given ``seed``
+    (and thread count). Labels are contiguous ``0..k'-1``; k' < k only if a
+    centroid attracted no rows.
     """
     xn = unit_rows(x, np.float32)
     _check_k(k, len(xn))
     w = np.asarray(weights, dtype=np.float64)
-    km = faiss.Kmeans(
-        xn.shape[1],
-        int(k),
-        niter=niter,
-        nredo=nredo,
-        seed=seed,
-        spherical=True,
-        min_points_per_centroid=1,  # silence faiss' "too few points" warning
-    )
-    km.train(xn, weights=w.astype(np.float32))
-    _, assign = km.assign(xn)
-    labels = np.unique(assign, return_inverse=True)[1]
-    return _refine(xn, labels, w, refine_rounds)
+    best: tuple[float, np.ndarray] | None = None
+    for attempt in range(nredo):
+        km = faiss.Kmeans(
+            xn.shape[1],
+            int(k),
+            niter=niter,
+            seed=seed + attempt,
+            spherical=True,
+            min_points_per_centroid=1,  # silence faiss' "too few points" warning
+        )
+        km.train(xn, weights=w.astype(np.float32))
+        _, assign = km.assign(xn)
+        labels, objective = _refine(xn, np.unique(assign, return_inverse=True)[1], w, refine_rounds)
+        if best is None or objective > best[0]:
+            best = (objective, labels)
+    return best[1]
 
 
-def ward(x: np.ndarray, k: int, weights: np.ndarray, *, seed: int = 0) -> np.ndarray:
+def ward(
+    x: np.ndarray, k: int, weights: np.ndarray, *, seed: int = 0, nredo: int = 1
+) -> np.ndarray:
     """Ward agglomerative clustering of the unique, L2-normalised rows.
 
     scikit-learn's ward takes no sample weights, so ``weights`` are ignored:
@@ -173,7 +201,8 @@ def ward(x: np.ndarray, k: int, weights: np.ndarray, *, seed: int = 0) -> np.nda
     height 0, but only when the expanded set is small; switching behaviour
     with data size would make results jump, so we never do.) Unit rows make
     squared Euclidean distance ``2 − 2·cos``, so ward's variance criterion is
-    a cosine criterion. Deterministic, so ``seed`` is unused; memory is O(U²).
+    a cosine criterion. Deterministic, so ``seed`` and ``nredo`` are unused;
+    memory is O(U²).
     """
     xn = unit_rows(x, np.float64)
     _check_k(k, len(xn))

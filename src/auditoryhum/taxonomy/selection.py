@@ -73,6 +73,7 @@ def select_k(
     algorithm: str = "kmeans",
     form: str = "linear",
     seed: int = 0,
+    nredo: int = 1,
     exact_limit: int = 500_000,
 ) -> Selection:
     """Cluster the U unique label embeddings for each k and keep the best S_adj.
@@ -83,7 +84,8 @@ def select_k(
     nothing to choose: every unique label is its own cluster, ``k = U`` and
     the curve is empty. Ties go to the smaller k. The curve's ``k`` is the
     number of clusters actually produced (k-means may rarely leave one empty)
-    and is what the penalty charges for.
+    and is what the penalty charges for. ``nredo`` k-means restarts per k
+    steady the curve on small label sets (cost × nredo).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
@@ -100,15 +102,14 @@ def select_k(
 
     cluster = ALGORITHMS[algorithm]
     curve: list[CurvePoint] = []
-    best: tuple[float, np.ndarray] | None = None
+    best: tuple[CurvePoint, np.ndarray] | None = None
     for k in range(lo, hi + 1):
-        labels = cluster(x32, k, weights, seed=seed)
+        labels = cluster(x32, k, weights, seed=seed, nredo=nredo)
         kk = int(labels.max()) + 1
         res = silhouette(x64, labels, weights, exact_limit=exact_limit, seed=seed)
-        adj = penalised(res.value, kk, u, lam, form)
-        curve.append(CurvePoint(kk, res.value, adj, res.stderr))
-        if best is None or adj > best[0]:
-            best = (adj, labels)
-    chosen = int(np.argmax([p.adjusted for p in curve]))
-    raw = int(np.argmax([p.silhouette for p in curve]))
-    return Selection(curve[chosen].k, best[1], curve, lam, algorithm, curve[raw].k, form)
+        point = CurvePoint(kk, res.value, penalised(res.value, kk, u, lam, form), res.stderr)
+        curve.append(point)
+        if best is None or point.adjusted > best[0].adjusted:  # strict: ties → smaller k
+            best = (point, labels)
+    raw = max(curve, key=lambda p: p.silhouette)  # max keeps the first maximum
+    return Selection(best[0].k, best[1], curve, lam, algorithm, raw.k, form)
