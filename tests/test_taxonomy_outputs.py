@@ -86,6 +86,7 @@ def test_paper_prompt_and_deterministic_offline_names():
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory) -> Path:
     """A random-weight GPT-2 with a word-level tokenizer trained here: the real generation path, no hub."""
+    import torch
     from tokenizers import Tokenizer, models as tk_models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -94,9 +95,13 @@ def tiny_llm(tmp_path_factory) -> Path:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator([words] * 3, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[EOS]"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]", pad_token="[EOS]")
-    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=512, n_embd=32, n_layer=1, n_head=2)
+    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=512, n_embd=32, n_layer=1, n_head=2,
+                        eos_token_id=1, bos_token_id=1)
     path = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).save_pretrained(path)
+    torch.manual_seed(0)  # random weights, but the same ones every run
+    model = GPT2LMHeadModel(config)
+    model.generation_config.suppress_tokens = [0, 1]  # random weights favour [UNK]/[EOS]: make it say words
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

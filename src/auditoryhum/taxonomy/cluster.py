@@ -12,7 +12,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 import scipy.sparse as sp
-from sklearn.cluster import AgglomerativeClustering
+from sklearn.cluster import AgglomerativeClustering, kmeans_plusplus
 
 from .silhouette import unit_rows
 
@@ -29,6 +29,9 @@ def _check_k(k: int, u: int) -> None:
     if not 1 <= k <= u:
         raise ValueError(f"k={k} must be between 1 and the number of rows ({u})")
 
+
+_INIT_ROWS_PER_CLUSTER = 128
+"""Rows sampled per cluster for k-means++ seeding: seeding is O(n·k·d·log k)."""
 
 _BLOCK = 16384
 """Rows upcast to float64 at a time when accumulating cluster sums."""
@@ -159,11 +162,14 @@ def kmeans(
     Spherical k-means maximises within-cluster cosine, matching the cosine
     silhouette used to score it. Clip counts enter as sample weights, so a
     label seen 200 times pulls its centroid like 200 duplicates would.
-    faiss trains on a subsample of at most 256·k rows (weights kept), which
-    bounds the cost per k at large U; every row is then assigned to its
-    nearest centroid and the partition is improved by up to ``refine_rounds``
-    rounds of exact transfer moves (see :func:`_refine`; 0 disables), which
-    escape the local optima Lloyd falls into under Zipf-like weights.
+    Centres are seeded by scikit-learn's greedy, weighted k-means++ on a
+    random 128·k-row subsample: faiss' uniform random seeding leaves some
+    well-separated groups without a centre, a merge that no later move
+    undoes. faiss then runs Lloyd on a subsample of at most 256·k rows
+    (weights kept), which bounds the cost per k at large U; every row is
+    assigned to its nearest centroid and the partition is improved by up to
+    ``refine_rounds`` rounds of exact transfer moves (see :func:`_refine`;
+    0 disables), which escape the traps Lloyd falls into under Zipf weights.
     ``nredo`` restarts (seeds ``seed .. seed+nredo-1``) keep the refined
     partition with the best objective. Deterministic for a given ``seed``
     (and thread count). Labels are contiguous ``0..k'-1``; k' < k only if a
@@ -174,6 +180,10 @@ def kmeans(
     w = np.asarray(weights, dtype=np.float64)
     best: tuple[float, np.ndarray] | None = None
     for attempt in range(nredo):
+        rng = np.random.default_rng(seed + attempt)
+        n_init = min(len(xn), _INIT_ROWS_PER_CLUSTER * k)
+        sub = rng.choice(len(xn), n_init, replace=False)
+        centres, _ = kmeans_plusplus(xn[sub], int(k), sample_weight=w[sub], random_state=seed + attempt)
         km = faiss.Kmeans(
             xn.shape[1],
             int(k),
@@ -182,7 +192,7 @@ def kmeans(
             spherical=True,
             min_points_per_centroid=1,  # silence faiss' "too few points" warning
         )
-        km.train(xn, weights=w.astype(np.float32))
+        km.train(xn, weights=w.astype(np.float32), init_centroids=unit_rows(centres, np.float32))
         _, assign = km.assign(xn)
         labels, objective = _refine(xn, np.unique(assign, return_inverse=True)[1], w, refine_rounds)
         if best is None or objective > best[0]:
