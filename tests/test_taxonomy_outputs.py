@@ -7,9 +7,10 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from auditoryhum.taxonomy.builder import TaxonomyBuilder
+from auditoryhum.taxonomy.builder import TaxonomyBuilder, labels_in_several_clusters
 from auditoryhum.taxonomy.index import TaxonomyIndex
 from auditoryhum.taxonomy.naming import PROMPT, TransformersGenerator, cluster_prompt, frequent_labels_name
 from tests.test_cli import auditoryhum
@@ -116,3 +117,28 @@ def test_llm_names_the_clusters_when_configured(models, tiny_llm):
     assert [c.composite_label for c in taxonomy.clusters] == [" ".join(a.split()) for a in answers]
     assert [c.composite_label for c in taxonomy.clusters] != [frequent_labels_name({lc.label: lc.count for lc in c.labels})
                                                                for c in taxonomy.clusters]
+
+
+def test_class_vectors_cluster_clips_and_report_labels_split_across_clusters(models):
+    """Clips with the same label but different audio may land in different clusters."""
+    rng = np.random.default_rng(0)
+    groups = {"traffic": ["car engine", "road traffic"], "birds": ["bird song", "birds chirping"],
+              "rain": ["heavy rain", "rain falling"]}
+    centres = {g: models.embedder.embed([" ".join(labels)])[0] for g, labels in groups.items()}
+    clip_ids, labels, audio = [], [], []
+    for g, members in groups.items():
+        for i in range(20):
+            clip_ids.append(f"{g}{i}")
+            # Two bird clips actually sound like rain: their labels are wrong, their audio is not.
+            sound = "rain" if g == "birds" and i < 2 else g
+            labels.append(members[i % 2])
+            audio.append(centres[sound] + rng.normal(0, 0.02, len(centres[g])))
+    builder = TaxonomyBuilder(models.embedder, k_max=8, representation="class-vector")
+    taxonomy = builder.build_class_vectors("d", clip_ids, labels, np.stack(audio))
+    assert taxonomy.representation == "class-vector" and taxonomy.k == 3 and taxonomy.clips == 60
+    cluster = {cc.clip_id: cc.cluster_id for cc in taxonomy.clip_clusters}
+    assert len(cluster) == 60 and cluster["birds0"] == cluster["rain5"] != cluster["birds5"]
+    split = sorted({cluster["birds0"], cluster["birds5"]})
+    assert labels_in_several_clusters(taxonomy) == {"bird song": split, "birds chirping": split}
+    sizes = {c.cluster_id: c.size for c in taxonomy.clusters}
+    assert sorted(sizes.values()) == [18, 20, 22]

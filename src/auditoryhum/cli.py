@@ -45,6 +45,7 @@ def run(
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
     max_words: Optional[int] = typer.Option(None, help="Words kept per label."),
     class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
+    representation: Optional[str] = typer.Option(None, help="labels (default) or class-vector."),
     namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                                help="Local text-generation model folder that names the clusters."),
 ) -> None:
@@ -53,7 +54,7 @@ def run(
 
     settings = _settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
                          k_max=k_max, penalty_lambda=lam, algorithm=algorithm, max_words=max_words,
-                         class_from_folder=class_from_folder or None,
+                         class_from_folder=class_from_folder or None, representation=representation,
                          namer_model=str(namer_model) if namer_model else None)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
@@ -161,7 +162,7 @@ def score(paths: list[Path] = typer.Argument(..., help="Audio files."),
             typer.echo(f"{path}: {exc}", err=True)
             failed = True
             continue
-        scores = models.scorer.score_batch([ScoreItem(labels, tags)])[0]
+        scores = models.scorer.score_batch([ScoreItem(labels, tags)])[0].scores
         if as_json:
             typer.echo(json.dumps({"path": str(path), "scores": [{"label": l, "score": round(float(s), 6)}
                                                                for l, s in zip(labels, scores)]}))

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     k_max: int = Field(64, ge=2)
     penalty_lambda: float = Field(2.0, ge=0, description="λ of S_adj(k) = S(k) - λ·k/U")
     algorithm: str = Field("kmeans", pattern="^(kmeans|ward)$")
+    representation: str = Field("labels", pattern="^(labels|class-vector)$",
+                                description="cluster unique labels, or clips by their class vectors")
     namer_model: str | None = Field(None, description="local text-generation model folder naming the clusters")
     # execution
     batch_size: int = Field(32, ge=1, description="clips per model call")

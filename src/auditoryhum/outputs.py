@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from auditoryhum import report, topics
 from auditoryhum.backends import TextEmbedder
 from auditoryhum.stages.base import Out, Stage
+from auditoryhum.taxonomy.builder import labels_in_several_clusters
 from auditoryhum.taxonomy.metrics import agreement, lowest_mean
 from auditoryhum.v1 import pipeline_pb2 as pb
 
@@ -36,6 +37,7 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
         "k": taxonomy.k,
         "lambda": taxonomy.penalty_lambda,
         "algorithm": taxonomy.algorithm,
+        "representation": taxonomy.representation,
         "embedder": taxonomy.embedder_id,
         "unique_labels": taxonomy.unique_labels,
         "clips": taxonomy.clips,
@@ -47,15 +49,17 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
             for c in taxonomy.clusters
         ],
         "curve": [{"k": p.k, "silhouette": p.silhouette, "adjusted": p.adjusted} for p in taxonomy.curve],
+        "labels_in_several_clusters": labels_in_several_clusters(taxonomy),
     }
 
 
 def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
-                   clips: list[tuple[str, str]] = (), scores: np.ndarray | None = None,
+                   clips: list[tuple[str, str, str]] = (), scores: np.ndarray | None = None,
                    reviewed: np.ndarray | None = None) -> dict:
     """taxonomy.json, report.html and its plots; returns the metrics (shared by `run` and `cluster`)."""
     (out / "taxonomy.json").write_text(json.dumps(taxonomy_dict(taxonomy), indent=2) + "\n")
     cluster_of = {lc.label: c.cluster_id for c in taxonomy.clusters for lc in c.labels}
+    clip_cluster = {cc.clip_id: cc.cluster_id for cc in taxonomy.clip_clusters}
     metrics: dict = {
         "clips": taxonomy.clips, "unique_labels": taxonomy.unique_labels, "k": taxonomy.k,
         "lambda": taxonomy.penalty_lambda, "silhouette": taxonomy.silhouette,
@@ -66,10 +70,10 @@ def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
     if reviewed is not None and len(reviewed):
         # Before = the model labels' scores; after needs human decisions re-scored (review service).
         metrics |= {"review_mean_before": float(np.mean(reviewed)), "review_mean_after": None}
-    if clips:
-        labels = [label for label, _ in clips if label in cluster_of]
-        gts = [gt for label, gt in clips if label in cluster_of]
-        metrics |= agreement([cluster_of[l] for l in labels], gts) or {}
+    if clips:  # (clip id, label, ground truth); a clip's cluster is its own, or its label's
+        assigned = [(clip_cluster.get(c, cluster_of.get(label)), gt) for c, label, gt in clips]
+        assigned = [(k, gt) for k, gt in assigned if k is not None]
+        metrics |= agreement([k for k, _ in assigned], [gt for _, gt in assigned]) or {}
     vectors = dict(zip(cluster_of, embedder.embed(list(cluster_of)))) if cluster_of else {}
     review_cut = float(np.max(reviewed)) if reviewed is not None and len(reviewed) else None
     report.write(out, taxonomy, vectors, metrics, scores, review_cut)
@@ -129,16 +133,18 @@ class OutputWriter(Stage):
             f.close()
         taxonomy = self.taxonomies.get(dataset, pb.Taxonomy(dataset=dataset))
         cluster_of = {lc.label: c for c in taxonomy.clusters for lc in c.labels}
-        clips: list[tuple[str, str]] = []
+        by_id = {c.cluster_id: c for c in taxonomy.clusters}
+        clip_cluster = {cc.clip_id: by_id[cc.cluster_id] for cc in taxonomy.clip_clusters}
+        clips: list[tuple[str, str, str]] = []
         with (self.out / "final_labels.csv").open(newline="", encoding="utf-8") as src, \
                 (self.out / "assignments.csv").open("w", newline="", encoding="utf-8") as dst:
             writer = csv.writer(dst)
             writer.writerow(("clip_id", "path", "label", "cluster_id", "composite_label"))
             for row in csv.DictReader(src):
-                cluster = cluster_of.get(row["label"])
+                cluster = clip_cluster.get(row["clip_id"]) or cluster_of.get(row["label"])
                 writer.writerow((row["clip_id"], row["path"], row["label"],
                                  cluster.cluster_id if cluster else "", cluster.composite_label if cluster else ""))
-                clips.append((row["label"], row["ground_truth"]))
+                clips.append((row["clip_id"], row["label"], row["ground_truth"]))
         metrics = write_taxonomy(self.out, taxonomy, embedder, clips=clips,
                                  scores=np.asarray(self.scores), reviewed=np.asarray(self.reviewed_scores))
         summary = {

@@ -57,7 +57,7 @@ class Models:
         s = self.settings
         namer = TransformersGenerator(s.namer_model) if s.namer_model else None
         return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=s.k_max, lam=s.penalty_lambda,
-                               algorithm=s.algorithm, namer=namer)
+                               algorithm=s.algorithm, namer=namer, representation=s.representation)
 
 
 def audio_loader(settings: Settings) -> Callable[[pb.Clip, int], audio.Audio]:
@@ -89,7 +89,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         stages = [
             LabelerStage(models.labeler, load_audio, max_words=settings.max_words, executor=executor,
                          workers=settings.workers),
-            AlignerStage(models.scorer, load_audio, models.labeler.sample_rate),
+            AlignerStage(models.scorer, load_audio, models.labeler.sample_rate,
+                         keep_audio_embedding=settings.representation == "class-vector"),
             ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold), settings.max_words),
             ClustererStage(models.taxonomy_builder()),
             writer,

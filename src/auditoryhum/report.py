@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from auditoryhum.taxonomy.builder import labels_in_several_clusters  # noqa: E402
 from auditoryhum.v1 import pipeline_pb2 as pb  # noqa: E402
 
 CURVE_PNG, MAP_PNG, SCORES_PNG = "selection_curve.png", "label_map.png", "score_histogram.png"
@@ -88,6 +89,10 @@ def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metr
         + ", ".join(f"{esc(lc.label)} ({lc.count})" for lc in c.labels[:12])
         + (f", … {len(c.labels) - 12} more" if len(c.labels) > 12 else "") + "</td></tr>"
         for c in taxonomy.clusters)
+    several = labels_in_several_clusters(taxonomy)
+    several_html = ("<h2>Labels in more than one cluster</h2><ul>" + "".join(
+        f"<li>{esc(label)}: clusters {', '.join(map(str, ids))}</li>" for label, ids in several.items()) + "</ul>"
+        if several else "")
     figures = "".join(f'<figure><img src="{src}" alt="{esc(alt)}"><figcaption>{esc(alt)}</figcaption></figure>'
                       for src, alt in images)
     page = f"""<!doctype html>
@@ -99,10 +104,10 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:
 img{{max-width:100%}}</style></head><body>
 <h1>Taxonomy of <em>{esc(taxonomy.dataset)}</em></h1>
 <p>{taxonomy.k} clusters of {taxonomy.unique_labels} unique labels over {taxonomy.clips} clips
-({esc(taxonomy.algorithm)}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
+({esc(taxonomy.algorithm)} on {esc(taxonomy.representation or "labels")}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
 <h2>Metrics</h2><table>{metric_rows}</table>
 <h2>Clusters</h2><table><tr><th>id</th><th>composite label</th><th>clips</th><th>labels (clips)</th></tr>{cluster_rows}</table>
-<h2>Plots</h2>{figures}
+{several_html}<h2>Plots</h2>{figures}
 </body></html>
 """
     path = out / "report.html"

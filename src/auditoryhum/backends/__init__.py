@@ -40,12 +40,18 @@ class ScoreItem:
     audio: Callable[[], Audio] | None = None
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One score per label; and the clip's audio embedding when the scorer has one (CLAP, the tag bridge)."""
+
+    scores: np.ndarray
+    audio_embedding: np.ndarray | None = None
+
+
 class Scorer(Protocol):
     scorer_id: str
 
-    def score_batch(self, items: Sequence[ScoreItem]) -> list[np.ndarray]:
-        """One array of scores per item, one score per label."""
-        ...
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Scores]: ...
 
 
 class TextEmbedder(Protocol):

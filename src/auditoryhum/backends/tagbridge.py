@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from auditoryhum.backends import ScoreItem, TextEmbedder
+from auditoryhum.backends import ScoreItem, Scores, TextEmbedder
 from auditoryhum.backends.yamnet import short_name
 
 
@@ -20,7 +20,7 @@ class TagBridgeScorer:
         self.embedder = embedder
         self.scorer_id = f"tag-bridge({tagger_id}|{embedder.model_id})"
 
-    def score_batch(self, items: Sequence[ScoreItem]) -> list[np.ndarray]:
+    def score_batch(self, items: Sequence[ScoreItem]) -> list[Scores]:
         for item in items:
             if not item.tags:
                 raise ValueError("the tag-bridge scorer needs the tagger's classes for the clip")
@@ -36,7 +36,7 @@ class TagBridgeScorer:
             clip = weights @ vectors[[row[_tag_text(n)] for n, _ in item.tags]]
             clip /= max(float(np.linalg.norm(clip)), 1e-12)
             labels = vectors[[row[t] for t in item.labels]] if item.labels else np.zeros((0, len(clip)), np.float32)
-            results.append((labels @ clip).astype(np.float32))
+            results.append(Scores((labels @ clip).astype(np.float32), clip.astype(np.float32)))
         return results
 
 

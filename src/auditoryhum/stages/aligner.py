@@ -18,8 +18,10 @@ class AlignerStage(Stage):
     name = "aligner"
     consumes = (topics.LABELS,)
 
-    def __init__(self, scorer: Scorer, load_audio: Callable[[pb.Clip, int], Audio], sample_rate: int = 16_000):
+    def __init__(self, scorer: Scorer, load_audio: Callable[[pb.Clip, int], Audio], sample_rate: int = 16_000, *,
+                 keep_audio_embedding: bool = False):
         self.scorer, self.load_audio, self.sample_rate = scorer, load_audio, sample_rate
+        self.keep_audio_embedding = keep_audio_embedding  # only the class-vector clusterer needs it
 
     def handle(self, proposal: pb.LabelProposal) -> list[Out]:
         return self.handle_batch([proposal])[0]
@@ -31,14 +33,16 @@ class AlignerStage(Stage):
         items = [ScoreItem(list(proposals[i].labels), [(t.name, t.score) for t in proposals[i].tags],
                            partial(self.load_audio, proposals[i].clip, self.sample_rate)) for i in todo]
         try:
-            scores = self.scorer.score_batch(items)
+            results = self.scorer.score_batch(items)
         except (AudioError, ValueError) as exc:
             if len(items) > 1:  # find the proposal at fault, score the rest
                 return [self.handle(p) for p in proposals]
             return [[dead_letter(self.name, str(exc), proposals[todo[0]])]] if todo else outs
-        for i, s in zip(todo, scores):
-            outs[i].append(Out(topics.ALIGNMENTS, proposals[i].clip.clip_id,
-                               align(proposals[i], s, self.scorer.scorer_id)))
+        for i, result in zip(todo, results):
+            alignment = align(proposals[i], result.scores, self.scorer.scorer_id)
+            if self.keep_audio_embedding and result.audio_embedding is not None:
+                alignment.audio_embedding.extend(result.audio_embedding.tolist())
+            outs[i].append(Out(topics.ALIGNMENTS, proposals[i].clip.clip_id, alignment))
         return outs
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from google.protobuf.message import Message
 
 from auditoryhum import topics
-from auditoryhum.stages.base import Out, Stage
+from auditoryhum.stages.base import Out, Stage, dead_letter
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.v1 import pipeline_pb2 as pb
 
@@ -16,6 +17,7 @@ from auditoryhum.v1 import pipeline_pb2 as pb
 @dataclass
 class _Labels:
     by_clip: dict[str, str] = field(default_factory=dict)
+    audio: dict[str, np.ndarray] = field(default_factory=dict)  # class-vector representation only
     expected: int | None = None
     built: bool = False
 
@@ -33,6 +35,10 @@ class ClustererStage(Stage):
         if isinstance(message, pb.FinalLabel):
             state = self._datasets.setdefault(message.clip.dataset, _Labels())
             state.by_clip[message.clip.clip_id] = message.label  # a later decision for a clip replaces the earlier
+            if self.builder.representation == "class-vector":
+                if not message.audio_embedding:
+                    return [dead_letter(self.name, "class-vector clustering needs the clip's audio embedding", message)]
+                state.audio[message.clip.clip_id] = np.asarray(message.audio_embedding, dtype=np.float32)
             return self._maybe_build(message.clip.dataset, state)
         if isinstance(message, pb.DatasetSealed):
             state = self._datasets.setdefault(message.dataset, _Labels())
@@ -44,7 +50,13 @@ class ClustererStage(Stage):
         return Counter(self._datasets[dataset].by_clip.values()) if dataset in self._datasets else Counter()
 
     def build(self, dataset: str) -> pb.Taxonomy:
-        taxonomy = self.builder.build(dataset, self.counts(dataset))
+        state = self._datasets.get(dataset, _Labels())
+        if self.builder.representation == "class-vector" and state.audio:
+            clips = [c for c in state.by_clip if c in state.audio]
+            taxonomy = self.builder.build_class_vectors(dataset, clips, [state.by_clip[c] for c in clips],
+                                                        np.stack([state.audio[c] for c in clips]))
+        else:
+            taxonomy = self.builder.build(dataset, self.counts(dataset))
         self.taxonomies[dataset] = taxonomy
         return taxonomy
 

@@ -154,7 +154,7 @@ class ReviewStage(Stage):
     def _final(self, state: _Dataset, alignment: pb.Alignment, label: str, source: int) -> Out:
         state.finals += 1
         final = pb.FinalLabel(clip=alignment.clip, label=label, source=source, score=alignment.best_score,
-                              model_id=alignment.model_id)
+                              model_id=alignment.model_id, audio_embedding=alignment.audio_embedding)
         return Out(topics.FINAL_LABELS, alignment.clip.clip_id, final)
 
     def _seal(self, dataset: str, state: _Dataset) -> list[Out]:

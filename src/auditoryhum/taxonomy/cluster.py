@@ -33,34 +33,19 @@ def _check_k(k: int, u: int) -> None:
 _INIT_ROWS_PER_CLUSTER = 128
 """Rows sampled per cluster for k-means++ seeding: seeding is O(n·k·d·log k)."""
 
-_BLOCK = 16384
-"""Rows upcast to float64 at a time when accumulating cluster sums."""
-
 
 def _objective(sums: np.ndarray) -> float:
     """Weighted spherical k-means objective Σ_c ‖S_c‖ = Σ_i w_i cos(x_i, μ_c)."""
     return float(np.sqrt(np.einsum("ij,ij->i", sums, sums)).sum())
 
 
-def _weighted_sums(
-    x: np.ndarray, w: np.ndarray, src: np.ndarray, dst: np.ndarray | None, k: int
+def _transfer_delta(
+    x: np.ndarray, w: np.ndarray, src: np.ndarray, dst: np.ndarray, k: int
 ) -> np.ndarray:
-    """Σ w_i x_i into cluster ``dst`` minus the same out of ``src`` (float64).
-
-    With ``dst=None`` it is just the per-cluster sums over ``src``. Rows are
-    upcast a block at a time so the float64 accumulation never copies all of x.
-    """
-    out = np.zeros((k, x.shape[1]))
-    for start in range(0, len(x), _BLOCK):
-        sl = slice(start, start + _BLOCK)
-        n = len(x[sl])
-        if dst is None:
-            coo = (w[sl], (src[sl], np.arange(n)))
-        else:
-            rows = np.r_[dst[sl], src[sl]]
-            coo = (np.r_[w[sl], -w[sl]], (rows, np.r_[np.arange(n), np.arange(n)]))
-        out += sp.csr_matrix(coo, shape=(k, n)) @ x[sl].astype(np.float64)
-    return out
+    """Change of the (float64) cluster sums when rows ``x`` move from ``src`` to ``dst``."""
+    n = len(x)
+    coo = (np.r_[w, -w], (np.r_[dst, src], np.r_[np.arange(n), np.arange(n)]))
+    return np.asarray(sp.csr_matrix(coo, shape=(k, n)) @ x.astype(np.float64))
 
 
 def _best_transfers(
@@ -121,7 +106,10 @@ def _refine(
     """
     k = int(labels.max()) + 1
     labels = labels.copy()
-    sums = _weighted_sums(x, w, labels, None, k)
+    # float32 accumulation is enough for the starting sums: acceptance only
+    # compares objectives that share them; the moves are added in float64.
+    onehot = sp.csr_matrix((w.astype(np.float32), (labels, np.arange(len(x)))), shape=(k, len(x)))
+    sums = np.asarray(onehot @ x, dtype=np.float64)
     sizes = np.bincount(labels, minlength=k)
     objective = _objective(sums)
     dots = sums.astype(np.float32) @ x.T
@@ -133,12 +121,12 @@ def _refine(
             break
         src, dst = labels[movers], target[movers]
         moved = sizes - np.bincount(src, minlength=k) + np.bincount(dst, minlength=k)
-        delta = _weighted_sums(x[movers], w[movers], src, dst, k)
+        delta = _transfer_delta(x[movers], w[movers], src, dst, k)
         if moved.min() == 0 or _objective(sums + delta) <= objective:
             keep = _non_interacting(gain[movers], src, dst, k)
             movers, src, dst = movers[keep], src[keep], dst[keep]
             moved = sizes - np.bincount(src, minlength=k) + np.bincount(dst, minlength=k)
-            delta = _weighted_sums(x[movers], w[movers], src, dst, k)
+            delta = _transfer_delta(x[movers], w[movers], src, dst, k)
         labels[movers] = dst
         sums, sizes = sums + delta, moved
         objective = _objective(sums)
@@ -155,7 +143,7 @@ def kmeans(
     seed: int = 0,
     niter: int = 25,
     nredo: int = 1,
-    refine_rounds: int = 30,
+    refine_rounds: int = 10,
 ) -> np.ndarray:
     """Weighted spherical k-means (faiss) on L2-normalised rows, then refined.
 

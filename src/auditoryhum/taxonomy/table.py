@@ -18,8 +18,8 @@ from auditoryhum.labels import parse_labels
 @dataclass
 class LabelTable:
     counts: Counter[str] = field(default_factory=Counter)
-    # One (label, ground truth) per clip, when rows are clips; empty for a table of unique labels with counts.
-    clips: list[tuple[str, str]] = field(default_factory=list)
+    # One (clip id, label, ground truth) per clip when rows are clips; empty for unique labels with counts.
+    clips: list[tuple[str, str, str]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
 
 
@@ -39,7 +39,7 @@ def read_label_table(path: Path, max_words: int = 2) -> LabelTable:
             for label in labels:
                 table.counts[label] += count
             if "count" not in columns and labels:
-                table.clips.append((labels[0], (row.get("ground_truth") or "").strip()))
+                table.clips.append((row.get("clip_id") or str(line), labels[0], (row.get("ground_truth") or "").strip()))
             if row.get("score"):
                 table.scores.append(float(row["score"]))
     if not table.counts:
