@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     # review
     review_fraction: float = Field(0.01, gt=0, le=1, description="lowest fraction of clip scores reviewed")
     review_threshold: float | None = Field(None, description="absolute score below which clips are reviewed")
+    # text embeddings (labels and tag names)
+    embedder_path: str | None = Field(None, description="local sentence-transformers folder, e.g. all-mpnet-base-v2; "
+                                                        "default: the all-MiniLM-L6-v2 shipped in a wheel")
     # clusterer
     k_min: int = Field(2, ge=2)
     k_max: int = Field(64, ge=2)

@@ -42,7 +42,8 @@ class Models:
 
     @cached_property
     def embedder(self) -> SentenceEmbedder:
-        return SentenceEmbedder()
+        path = self.settings.embedder_path
+        return SentenceEmbedder(path, model_id=Path(path).name) if path else SentenceEmbedder()
 
     @cached_property
     def labeler(self) -> TaggerLabeler:
@@ -51,7 +52,7 @@ class Models:
 
     @cached_property
     def scorer(self) -> TagBridgeScorer:
-        return TagBridgeScorer(self.embedder, self.tagger.model_id)
+        return TagBridgeScorer(self.embedder, self.tagger.model_id, self.tagger.class_names)
 
     def taxonomy_builder(self) -> TaxonomyBuilder:
         s = self.settings

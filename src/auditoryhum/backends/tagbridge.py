@@ -16,9 +16,11 @@ from auditoryhum.backends.yamnet import short_name
 
 
 class TagBridgeScorer:
-    def __init__(self, embedder: TextEmbedder, tagger_id: str):
+    def __init__(self, embedder: TextEmbedder, tagger_id: str, class_names: Sequence[str] = ()):
         self.embedder = embedder
         self.scorer_id = f"tag-bridge({tagger_id}|{embedder.model_id})"
+        # The tagger's classes are also most labels: one batched call now, cache hits while scoring.
+        embedder.embed(list(dict.fromkeys(_tag_text(n) for n in class_names)))
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Scores]:
         for item in items:
