@@ -28,7 +28,6 @@ class StageWorker:
         self.batch_size, self.max_retries, self.backoff_s = batch_size, max_retries, backoff_s
         self.consumer_group = f"auditoryhum-{stage.name}"
         self.consumer: Consumer = bus.subscribe(self.consumer_group, stage.consumes)
-        self.processed = 0
 
     def step(self, timeout_s: float = 0.0) -> int:
         """Process one batch; returns how many records it consumed."""
@@ -48,7 +47,6 @@ class StageWorker:
         self.bus.flush()
         for record in records:
             self.consumer.ack(record)
-        self.processed += len(records)
         return len(records)
 
     def _run(self, messages: Sequence, records: Sequence[Record]) -> list[list[Out]]:
@@ -75,15 +73,11 @@ class StageWorker:
             self.bus.publish(out.topic, out.key, out.message)
 
 
-def drain(workers: Sequence[StageWorker], max_rounds: int | None = None) -> int:
-    """Step every worker until none has anything left; returns the records processed."""
-    total, rounds = 0, 0
-    while max_rounds is None or rounds < max_rounds:
-        done = sum(w.step() for w in workers)
+def drain(workers: Sequence[StageWorker]) -> int:
+    """Step every worker in turn until none has anything left (single-threaded); returns the records processed."""
+    total = 0
+    while done := sum(w.step() for w in workers):
         total += done
-        rounds += 1
-        if done == 0:
-            break
     return total
 
 

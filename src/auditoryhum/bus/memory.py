@@ -46,7 +46,7 @@ class InMemoryBus:
         self._topics: dict[str, list[_Partition]] = {}
         self._groups: dict[str, _Group] = {}
         self._lock = threading.RLock()
-        self._published = threading.Condition(self._lock)  # wakes consumers waiting in poll()
+        self._waiting: dict[str, list[threading.Condition]] = {}  # topic → consumers to wake on publish
 
     def _topic(self, topic: str) -> list[_Partition]:
         if topic not in self._topics:
@@ -60,7 +60,8 @@ class InMemoryBus:
             p = partition_for(key, len(partitions))
             part = partitions[p]
             part.records.append(Record(topic, p, part.end, key, value, headers))
-            self._published.notify_all()
+            for consumer in self._waiting.get(topic, ()):
+                consumer.notify()  # only consumers of this topic: waking every thread costs GIL time
 
     def flush(self) -> None:
         pass
@@ -75,7 +76,10 @@ class InMemoryBus:
                     # A (re)joining member resumes from the committed offset, as after a Kafka rebalance.
                     state.position[tp] = state.committed[tp]
                     state.acked[tp] = set()
-            return InMemoryConsumer(self, state)
+            consumer = InMemoryConsumer(self, state)
+            for topic in topics:
+                self._waiting.setdefault(topic, []).append(consumer._wake)
+            return consumer
 
     def lag(self, *groups: str) -> int:
         """Records published but not yet committed by ``groups``, in one consistent snapshot: since a worker
@@ -103,12 +107,13 @@ class InMemoryConsumer:
     def __init__(self, bus: InMemoryBus, state: _Group):
         self._bus, self._state = bus, state
         self._turn = 0
+        self._wake = threading.Condition(bus._lock)
 
     def poll(self, max_records: int = 64, timeout_s: float = 0.0) -> list[Record]:
         with self._bus._lock:
             records = self._take(max_records)
             if not records and timeout_s > 0:
-                self._bus._published.wait(timeout_s)
+                self._wake.wait(timeout_s)
                 records = self._take(max_records)
             return records
 
@@ -147,4 +152,7 @@ class InMemoryConsumer:
             self._state.acked[tp] = {o for o in self._state.acked[tp] if o < record.offset}
 
     def close(self) -> None:
-        pass
+        with self._bus._lock:
+            for waiting in self._bus._waiting.values():
+                if self._wake in waiting:
+                    waiting.remove(self._wake)
