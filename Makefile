@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOS := $(wildcard protos/auditoryhum/v1/*.proto)
 GENERATED := src/auditoryhum/v1/pipeline_pb2.py
 DEMO := data/demo
-BENCH_CLIPS ?= 600
+BENCH_CLIPS ?= 1200
 
 .PHONY: setup apt venv proto run test lint-proto bench bench-cluster clean
 

@@ -10,10 +10,13 @@ seagulls, forest, water...), espeak-ng speech, sox for mixing and looping.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import soundfile as sf
 
 LINCITY = Path("/usr/share/games/lincity-ng/sounds")
 SIMUTRANS = Path("/usr/share/games/simutrans/pak/sound")
@@ -62,10 +65,11 @@ def bench(out: Path, count: int, seconds: float = 10.0, rate: int = 44_100) -> i
     srcs = sources()
     for i in range(count):
         src = srcs[i % len(srcs)]
-        # Loop the recording to the clip length; a different offset per copy keeps clips distinct.
-        offset = (i // len(srcs)) * 0.37
+        # Loop the recording past the clip length; a different offset per copy keeps clips distinct.
+        offset = (i // len(srcs)) * 0.37 % seconds
+        repeats = math.ceil((seconds + offset) / sf.info(str(src)).duration)
         run("sox", str(src), "-r", str(rate), "-c", "1", "-b", "16", str(out / f"clip{i:05d}_{src.stem}.wav"),
-            "repeat", str(int(seconds) + 2), "trim", f"{offset:.2f}", str(seconds))
+            "repeat", str(repeats), "trim", f"{offset:.2f}", str(seconds))
     return count
 
 
