@@ -34,10 +34,9 @@ PENALTIES: dict[str, Callable[[float, int, int, float], float]] = {
 def penalised(s: float, k: int, u: int, lam: float, form: str = "linear") -> float:
     """Adjusted silhouette ``S − λ·k/U`` ("linear"; AIC's 2 per parameter with
     one parameter per cluster, in silhouette units per unique label)."""
-    try:
-        return PENALTIES[form](s, k, u, lam)
-    except KeyError:
-        raise ValueError(f"unknown penalty form {form!r}; known: {sorted(PENALTIES)}") from None
+    if form not in PENALTIES:
+        raise ValueError(f"unknown penalty form {form!r}; known: {sorted(PENALTIES)}")
+    return PENALTIES[form](s, k, u, lam)
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,8 @@ def select_k(
     """Cluster the U unique label embeddings for each k and keep the best S_adj.
 
     ``weights`` are clip counts; clustering and silhouette both use them. The
-    k range is clipped to ``[2, U-1]`` (a silhouette needs at least two
-    clusters and one cluster with two distinct rows). With ``U < 3`` there is
+    k range is clipped to ``[2, U-1]``: a silhouette needs two clusters, and
+    k = U would leave every label alone, grouping nothing. With ``U < 3`` there is
     nothing to choose: every unique label is its own cluster, ``k = U`` and
     the curve is empty. Ties go to the smaller k. The curve's ``k`` is the
     number of clusters actually produced (k-means may rarely leave one empty)
