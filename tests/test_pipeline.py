@@ -72,6 +72,10 @@ def test_every_output_file_follows_the_contract(run):
     assert taxonomy["k"] == summary["k"] == len(taxonomy["clusters"]) and taxonomy["lambda"] == 2.0
     assert sum(c["size"] for c in taxonomy["clusters"]) == good
     assert {"k", "silhouette", "adjusted"} <= set(taxonomy["curve"][0])
+    page = (out / "report.html").read_text()
+    for png in ("selection_curve.png", "label_map.png", "score_histogram.png"):
+        assert f'src="{png}"' in page and (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"nmi", "ari", "purity"} <= set(summary)  # the scene folders are the ground truth
     assignments = read(out / "assignments.csv")
     assert len(assignments) == good
     composite = {c["id"]: c["composite_label"] for c in taxonomy["clusters"]}
