@@ -76,7 +76,7 @@ def main() -> None:
         t0 = time.perf_counter()
         decoded = list(pool.map(lambda p: audio.load(p, 16_000), paths))
         decode_s = time.perf_counter() - t0
-        patches = [features.patches(a.samples) for a in decoded]
+        patches = [features.patches(a.samples, models.tagger.patch_hop) for a in decoded]
         chunks = [np.concatenate(patches[i : i + settings.batch_size // settings.workers])
                   for i in range(0, n, settings.batch_size // settings.workers)]
         t0 = time.perf_counter()
@@ -85,7 +85,8 @@ def main() -> None:
     del decoded, patches, chunks
 
     ceiling = n / model_s
-    table = Table(title=f"Embedded pipeline, {n} clips of 10 s (44.1 kHz WAV), {settings.batch_size}/batch")
+    table = Table(title=f"Embedded pipeline, {n} clips of 10 s (44.1 kHz WAV), {settings.batch_size}/batch, "
+                        f"YAMNet patch hop {settings.patch_hop_s:g} s")
     for col in ("what", "seconds", "clips/s", "× model ceiling"):
         table.add_column(col, justify="right" if col != "what" else "left")
     table.add_row("model load (once)", f"{startup:.1f}", "", "")

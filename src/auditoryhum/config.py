@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     min_score: float = Field(0.1, ge=0, le=1, description="minimum tagger probability for a label")
     evidence: int = Field(10, ge=1, description="strongest tagger classes kept as tags")
     max_words: int = Field(2, ge=1, description="words kept per label (the paper's post-processing)")
+    patch_hop_s: float = Field(0.48, ge=0.01, le=0.96, description="hop between YAMNet's 0.96 s patches; 0.96 "
+                                                                   "(no overlap) halves the model's cost")
     # audio
     max_duration_s: float = Field(600.0, gt=0, description="longer clips are dead-lettered")
     max_file_mb: float = Field(512.0, gt=0)

@@ -38,7 +38,7 @@ class Models:
     @cached_property
     def tagger(self) -> YamnetTagger:
         # Parallelism comes from the labeler's workers, one model call each; one thread per call avoids contention.
-        return YamnetTagger(threads=1 if self.settings.workers > 1 else 0)
+        return YamnetTagger(threads=1 if self.settings.workers > 1 else 0, patch_hop_s=self.settings.patch_hop_s)
 
     @cached_property
     def embedder(self) -> SentenceEmbedder:

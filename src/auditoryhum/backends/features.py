@@ -69,10 +69,11 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
     return np.log(np.asarray(magnitude @ _sparse_filterbank()) + 1e-6)
 
 
-def patches(samples: np.ndarray) -> np.ndarray:
-    """``[n, 1, 96, 64]`` float32 patches (0.96 s every 0.48 s); a clip shorter than one patch is zero-padded."""
+def patches(samples: np.ndarray, hop: int = PATCH_HOP) -> np.ndarray:
+    """``[n, 1, 96, 64]`` float32 patches of 0.96 s every ``hop`` frames (YAMNet: 48, i.e. 0.48 s); a clip shorter
+    than one patch is zero-padded."""
     spec = log_mel(samples)
     if len(spec) < PATCH_FRAMES:
         spec = np.pad(spec, ((0, PATCH_FRAMES - len(spec)), (0, 0)))
-    windows = sliding_window_view(spec, PATCH_FRAMES, axis=0)[::PATCH_HOP]  # [n, 64, 96]
+    windows = sliding_window_view(spec, PATCH_FRAMES, axis=0)[::hop]  # [n, 64, 96]
     return np.ascontiguousarray(windows.transpose(0, 2, 1)[:, None], dtype=np.float32)
