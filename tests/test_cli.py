@@ -42,3 +42,9 @@ def test_score_json_gives_every_label_for_every_path(tmp_path):
 def test_run_rejects_a_missing_folder(tmp_path):
     result = auditoryhum("run", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_invalid_settings_are_a_clear_error(tmp_path):
+    result = auditoryhum("run", str(tmp_path), "--algorithm", "magic", "--review-fraction", "2")
+    assert result.returncode == 2 and "invalid settings" in result.stderr
+    assert "algorithm" in result.stderr and "review_fraction" in result.stderr and "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -23,7 +24,12 @@ console = Console(stderr=True)
 
 
 def _settings(**overrides) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"invalid settings: {problems}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.callback()
@@ -153,7 +159,7 @@ def score(paths: list[Path] = typer.Argument(..., help="Audio files."),
     """Score every given label against every given clip, loading the models once."""
     from auditoryhum.pipeline import Models
 
-    models = Models(Settings())
+    models = Models(_settings())
     failed = False
     for path in paths:
         try:
