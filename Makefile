@@ -3,16 +3,17 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := lincity-ng-data simutrans-pak64 espeak-ng sox libsndfile1
+APT_PACKAGES := lincity-ng-data simutrans-pak64 espeak-ng sox libsndfile1 kcat
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOS := $(wildcard protos/auditoryhum/v1/*.proto)
 GENERATED := src/auditoryhum/v1/pipeline_pb2.py
 DEMO := data/demo
 BENCH_CLIPS ?= 1200
+KAFKA_LIB := deploy/kafka/lib/.installed
 
-.PHONY: setup apt venv proto run test lint-proto bench bench-cluster clean
+.PHONY: setup apt venv proto run test lint-proto bench bench-cluster bench-pipeline clean kafka-up kafka-down up down
 
-setup: apt venv node_modules/.installed proto  ## install everything a fresh machine needs
+setup: apt venv node_modules/.installed proto $(KAFKA_LIB)  ## install everything a fresh machine needs
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -35,6 +36,24 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# A real single-node Kafka 4.x broker (KRaft) for development, tests and CI: jars from Maven Central.
+$(KAFKA_LIB): deploy/kafka/pom.xml
+	rm -rf deploy/kafka/lib
+	mvn -B -q -f deploy/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=lib
+	touch $@
+
+kafka-up: $(KAFKA_LIB)  ## start the dev broker (scripts/kafka.sh; KAFKA_PORT, default 19092)
+	scripts/kafka.sh start
+
+kafka-down:
+	scripts/kafka.sh stop
+
+up: $(GENERATED) $(KAFKA_LIB)  ## Kafka + the four services on this machine (logs, state, pids in .run/)
+	$(PY) -m auditoryhum.service.local up --home .run
+
+down:  ## stop what `make up` started
+	$(PY) -m auditoryhum.service.local down --home .run
+
 proto: $(GENERATED)
 
 $(GENERATED): $(PROTOS) $(VENV)/.installed
@@ -56,8 +75,11 @@ test: $(GENERATED)  ## the whole test suite
 bench: $(GENERATED)  ## embedded-pipeline throughput on 10-s clips, against the model-only ceiling
 	$(PY) benchmarks/bench_pipeline.py --clips $(BENCH_CLIPS)
 
+bench-pipeline: $(GENERATED) $(KAFKA_LIB)  ## distributed mode (Kafka + services) against the embedded mode
+	$(PY) benchmarks/bench_distributed.py --clips $(BENCH_CLIPS)
+
 bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path
 	$(PY) benchmarks/bench_cluster.py
 
 clean:
-	rm -rf out data $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*
+	rm -rf out data .run .kafka deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import soundfile as sf
 
 from auditoryhum.config import Settings
 from auditoryhum.pipeline import Models
+from auditoryhum.service.local import LocalStack
 
 LINCITY = Path("/usr/share/games/lincity-ng/sounds")
 SIMUTRANS = Path("/usr/share/games/simutrans/pak/sound")
@@ -19,6 +21,15 @@ TRAFFIC = sorted(LINCITY.glob("Trafic*.wav"))
 @pytest.fixture(scope="session")
 def models() -> Models:
     return Models(Settings())
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory) -> Iterator[LocalStack]:
+    """A real Apache Kafka broker (scripts/kafka.sh) on its own ports, for the whole session."""
+    stack = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=39092, port_base=39151, metrics_base=39161)
+    stack.start_kafka()
+    yield stack
+    stack.down()
 
 
 @pytest.fixture(scope="session")

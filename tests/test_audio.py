@@ -55,3 +55,17 @@ def test_mel_filterbank_covers_125_to_7500_hz():
     freqs = np.linspace(0, 8000, fb.shape[0])
     active = freqs[fb.sum(axis=1) > 0]
     assert fb.shape == (257, 64) and 125 <= active.min() < 160 and 7400 < active.max() <= 7500
+
+
+def test_bytes_decode_like_files(tmp_path, traffic_clips):
+    expected = write_bad_files(tmp_path)
+    limits = audio.AudioLimits(max_duration_s=10)
+    for name, words in expected.items():
+        with pytest.raises(audio.AudioError, match=words):
+            audio.load_bytes((tmp_path / name).read_bytes(), 16000, limits)
+    with pytest.raises(audio.AudioError, match="too large"):
+        audio.load_bytes(traffic_clips[0].read_bytes(), 16000, audio.AudioLimits(max_file_bytes=1000))
+    from_file = audio.load(traffic_clips[0], 16000)
+    from_bytes = audio.load_bytes(traffic_clips[0].read_bytes(), 16000)
+    assert from_bytes.source_rate == from_file.source_rate and from_bytes.channels == from_file.channels
+    np.testing.assert_array_equal(from_bytes.samples, from_file.samples)

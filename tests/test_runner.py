@@ -1,6 +1,7 @@
 """The consumer loop never drops a record: bad records and failing handlers become dead letters."""
 
 from auditoryhum import topics
+from auditoryhum.bus import BusError
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.runner import StageWorker, drain
 from auditoryhum.stages.base import Out, Stage, TransientError
@@ -55,3 +56,46 @@ def test_transient_errors_are_retried_not_dead_lettered():
     drain([worker])
     assert [m.clip.clip_id for m in collect(bus, topics.LABELS)] == ["a"]
     assert collect(bus, topics.DLQ) == []
+
+
+class FlakyBus(InMemoryBus):
+    """Records reach the bus on flush; the first ``failures`` flushes lose them, as a broker that is away would."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures, self.unflushed = failures, []
+
+    def publish(self, topic, key, message):
+        self.unflushed.append((topic, key, message))
+
+    def flush(self):
+        batch, self.unflushed = self.unflushed, []
+        if self.failures:
+            self.failures -= 1
+            raise BusError("broker away")
+        for record in batch:
+            super().publish(*record)
+
+
+def test_state_commits_only_with_outputs_that_reached_the_bus(tmp_path):
+    """The review stage's state rolls back with an undelivered batch, so the redelivered records emit their final
+    labels (nothing lost) exactly once (nothing duplicated), and the state survives a restart of the stage."""
+    from auditoryhum.stages.review import ReviewPolicy, ReviewStage
+    from auditoryhum.store import Store
+
+    bus = FlakyBus(failures=1)
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    worker = StageWorker(bus, ReviewStage(ReviewPolicy(threshold=0.2), store=Store(url)), backoff_s=0)
+    for i in range(3):
+        clip = pb.Clip(clip_id=f"c{i}", dataset="d")
+        InMemoryBus.publish(bus, topics.ALIGNMENTS, clip.clip_id,
+                            pb.Alignment(clip=clip, best_label="rain", best_score=0.5))
+    assert worker.step() == 0  # delivery failed: everything given back, nothing committed
+    assert drain([worker]) == 3
+    finals = collect(bus, topics.FINAL_LABELS)
+    assert sorted(f.clip.clip_id for f in finals) == ["c0", "c1", "c2"]
+
+    # A new process on the same database: the replay of an already-handled alignment emits nothing.
+    restarted = ReviewStage(ReviewPolicy(threshold=0.2), store=Store(url))
+    assert restarted.handle(pb.Alignment(clip=pb.Clip(clip_id="c1", dataset="d"), best_label="rain",
+                                         best_score=0.5)) == []

@@ -6,9 +6,11 @@ turn it into a dead letter instead of stopping the run.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -56,25 +58,38 @@ def load(path: str | Path, rate: int, limits: AudioLimits = AudioLimits()) -> Au
         size = path.stat().st_size
     except OSError as exc:
         raise AudioError(f"cannot open: {_short(exc)}") from exc
+    return _decode(str(path), size, rate, limits)
+
+
+def load_bytes(data: bytes, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:
+    """Decode an encoded audio file held in memory (a clip sent to the API) with the same checks as :func:`load`."""
+    return _decode(io.BytesIO(data), len(data), rate, limits)
+
+
+def _decode(source: str | BinaryIO, size: int, rate: int, limits: AudioLimits) -> Audio:
     if size == 0:
         raise AudioError("empty file (0 bytes)")
     if size > limits.max_file_bytes:
         raise AudioError(f"file too large: {size} bytes > limit {limits.max_file_bytes}")
-    info = probe(path)
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise AudioError("no audio frames")
-    duration = info.frames / info.samplerate
-    if duration > limits.max_duration_s:
-        raise AudioError(f"too long: {duration:.1f} s > limit {limits.max_duration_s:g} s")
     try:
-        if info.subtype == "PCM_16":  # libsndfile's int→float conversion costs 4x a numpy scale
-            pcm, source_rate = sf.read(str(path), dtype="int16", always_2d=True)
-            data = pcm.astype(np.float32) * np.float32(1 / 32768)
-        else:
-            data, source_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        # One open serves the header checks and the decode, so an in-memory source is never rewound.
+        f = sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"decoding failed: {_short(exc)}") from exc
-    return to_model_input(data, source_rate, rate, limits)
+        raise AudioError(f"not readable as audio: {_short(exc)}") from exc
+    with f:
+        if f.frames <= 0 or f.samplerate <= 0:
+            raise AudioError("no audio frames")
+        duration = f.frames / f.samplerate
+        if duration > limits.max_duration_s:
+            raise AudioError(f"too long: {duration:.1f} s > limit {limits.max_duration_s:g} s")
+        try:
+            if f.subtype == "PCM_16":  # libsndfile's int→float conversion costs 4x a numpy scale
+                data = f.read(dtype="int16", always_2d=True).astype(np.float32) * np.float32(1 / 32768)
+            else:
+                data = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise AudioError(f"decoding failed: {_short(exc)}") from exc
+        return to_model_input(data, f.samplerate, rate, limits)
 
 
 def to_model_input(data: np.ndarray, source_rate: int, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kafka.errors import KafkaError
+
 from auditoryhum.audio import AUDIO_EXTENSIONS, AudioError
 from auditoryhum.backends import ScoreItem
 from auditoryhum.config import Settings
@@ -23,9 +25,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True)
 
 
-def _settings(**overrides) -> Settings:
+def _settings(cls: type[Settings] = Settings, **overrides) -> Settings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         typer.echo(f"invalid settings: {problems}", err=True)
@@ -113,6 +115,82 @@ def cluster(
     Console().print(result)
     Console().print(" ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in metrics.items()))
     Console().print(f"wrote {out / 'taxonomy.json'} and {out / 'report.html'}")
+
+
+@app.command()
+def serve(name: str = typer.Argument(..., help="labeler, aligner, review or clusterer.")) -> None:
+    """Run one service: consume its Kafka topics, serve its gRPC API and /metrics (settings: AUDITORYHUM_* env)."""
+    from auditoryhum.service.app import SERVICES, serve as serve_service
+    from auditoryhum.service.settings import ServiceSettings
+
+    if name not in SERVICES:
+        typer.echo(f"unknown service {name!r}; one of: {', '.join(SERVICES)}", err=True)
+        raise typer.Exit(2)
+    serve_service(name, _settings(ServiceSettings))
+
+
+@app.command("ingest")
+def ingest_command(
+    audio_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of audio files (searched recursively)."),
+    bootstrap: str = typer.Option("127.0.0.1:19092", help="Kafka bootstrap servers."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
+    partitions: int = typer.Option(4, min=1, help="Partitions of topics created if missing."),
+    class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
+) -> None:
+    """Publish a folder's clips to Kafka for the services, announcing the dataset and its clip count first."""
+    from auditoryhum import ingest, topics
+    from auditoryhum.bus import BusError
+    from auditoryhum.bus.kafka import KafkaBus, ensure_topics
+    from auditoryhum.v1 import pipeline_pb2 as pb
+
+    dataset = dataset or audio_dir.resolve().name
+    found = ingest.scan(audio_dir)
+    try:
+        ensure_topics(bootstrap, topics.ALL, partitions)
+        bus = KafkaBus(bootstrap, client_id="auditoryhum-ingest")
+        bus.publish(topics.DATASETS, dataset, pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(found.files)))
+        for clip in ingest.clips(found, dataset, class_from_folder):
+            bus.publish(topics.CLIPS, clip.clip_id, clip)
+        bus.flush()
+        bus.close()
+    except (BusError, KafkaError) as exc:
+        typer.echo(f"Kafka at {bootstrap}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"dataset": dataset, "clips": len(found.files),
+                           "skipped_files": [str(p) for p in found.skipped]}))
+
+
+@app.command()
+def taxonomy(
+    dataset: str = typer.Option(..., help="Dataset name given to `ingest`."),
+    clusterer: str = typer.Option("127.0.0.1:50054", help="The clusterer service's gRPC address."),
+    bootstrap: Optional[str] = typer.Option("127.0.0.1:19092",
+                                            help="Kafka, to rebuild the per-clip files from the topics ('' skips)."),
+    out: Path = typer.Option(Path("out/taxonomy"), "--out", "-o", help="Output folder."),
+    wait: float = typer.Option(0.0, help="Seconds to wait for the taxonomy to be built."),
+) -> None:
+    """Fetch a dataset's taxonomy over gRPC and write the same output files as `run`."""
+    from auditoryhum import topics
+    from auditoryhum.bus.kafka import read_topics
+    from auditoryhum.outputs import OutputWriter
+    from auditoryhum.pipeline import Models
+    from auditoryhum.service.client import wait_for_taxonomy
+
+    try:
+        result = wait_for_taxonomy(clusterer, dataset, wait)
+    except LookupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    writer = OutputWriter(out, dataset=dataset)
+    if bootstrap:
+        for record in read_topics(bootstrap, [t for t in OutputWriter.consumes if t != topics.TAXONOMY]):
+            writer.handle(record.message())
+    writer.taxonomies[dataset] = result
+    summary = writer.finish(dataset, Models(_settings()).embedder, {"skipped_files": [], "seconds": None,
+                                                                    "clips_per_s": None})
+    Console().print(json.dumps({k: summary[k] for k in ("dataset", "clips", "labelled", "dead_letters", "reviewed",
+                                                       "unique_labels", "k")}))
+    Console().print(f"wrote {out}")
 
 
 def _print_summary(summary: dict, out: Path) -> None:

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from auditoryhum import report, topics
 from auditoryhum.backends import TextEmbedder
 from auditoryhum.stages.base import Out, Stage
+from auditoryhum.stages.labeler import HINT_KEY
 from auditoryhum.taxonomy.builder import labels_in_several_clusters
 from auditoryhum.taxonomy.metrics import agreement, lowest_mean
 from auditoryhum.v1 import pipeline_pb2 as pb
@@ -85,8 +86,8 @@ class OutputWriter(Stage):
     consumes = (topics.LABELS, topics.ALIGNMENTS, topics.REVIEW_TASKS, topics.FINAL_LABELS, topics.TAXONOMY,
                 topics.DLQ)
 
-    def __init__(self, out: Path, on_clip_done: Callable[[], None] = lambda: None):
-        self.out = out
+    def __init__(self, out: Path, on_clip_done: Callable[[], None] = lambda: None, *, dataset: str | None = None):
+        self.out, self.dataset = out, dataset  # dataset: keep only its records (a shared topic holds many)
         out.mkdir(parents=True, exist_ok=True)
         self._files = {name: (out / name).open("w", newline="", encoding="utf-8") for name in COLUMNS}
         self._csv = {name: csv.writer(f) for name, f in self._files.items()}
@@ -98,8 +99,30 @@ class OutputWriter(Stage):
         self.reviewed_scores: list[float] = []
         self.taxonomies: dict[str, pb.Taxonomy] = {}
         self._on_clip_done = on_clip_done
+        self._seen: set[tuple] = set()
+
+    def _first(self, message: Message) -> bool:
+        """False for a replayed copy (at-least-once delivery): a record's identity is its type, clip and the
+        reviewer's hint it was made under, so a re-labelled clip's second answer still counts."""
+        if isinstance(message, pb.DeadLetter):
+            key = ("DeadLetter", message.clip_id, message.stage, message.reason) if message.clip_id else None
+        else:
+            clip = message.alignment.clip if isinstance(message, pb.ReviewTask) else getattr(message, "clip", None)
+            key = (type(message).__name__, clip.clip_id, clip.metadata.get(HINT_KEY, "")) if clip else None
+        if key is None:
+            return True
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
 
     def handle(self, message: Message) -> list[Out]:
+        if isinstance(message, pb.ReviewTask):
+            dataset = message.alignment.clip.dataset
+        else:
+            dataset = message.clip.dataset if hasattr(message, "clip") else getattr(message, "dataset", None)
+        if (self.dataset is not None and dataset != self.dataset) or not self._first(message):
+            return []
         if isinstance(message, pb.LabelProposal):
             self._csv["labels.csv"].writerow((message.clip.clip_id, message.clip.uri, message.model_id,
                                               message.raw_text, ", ".join(message.labels)))

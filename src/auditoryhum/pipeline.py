@@ -52,7 +52,8 @@ class Models:
 
     @cached_property
     def scorer(self) -> TagBridgeScorer:
-        return TagBridgeScorer(self.embedder, self.tagger.model_id, self.tagger.class_names)
+        # With the labeler, clips scored without their tags (a Score call on bare audio) are tagged first.
+        return TagBridgeScorer(self.embedder, self.tagger.model_id, self.tagger.class_names, labeler=self.labeler)
 
     def taxonomy_builder(self) -> TaxonomyBuilder:
         s = self.settings
@@ -61,10 +62,14 @@ class Models:
                                algorithm=s.algorithm, namer=namer, representation=s.representation)
 
 
+def audio_limits(settings: Settings) -> audio.AudioLimits:
+    return audio.AudioLimits(max_duration_s=settings.max_duration_s,
+                             max_file_bytes=int(settings.max_file_mb * 1024 * 1024))
+
+
 def audio_loader(settings: Settings) -> Callable[[pb.Clip, int], audio.Audio]:
     """How the stages read a clip's audio, within the configured limits."""
-    limits = audio.AudioLimits(max_duration_s=settings.max_duration_s,
-                               max_file_bytes=int(settings.max_file_mb * 1024 * 1024))
+    limits = audio_limits(settings)
     return lambda clip, rate: audio.load(clip.uri, rate, limits)
 
 

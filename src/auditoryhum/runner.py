@@ -12,19 +12,31 @@ import threading
 import time
 from typing import Sequence
 
-from auditoryhum.bus import Bus, Consumer, Record
+from google.protobuf.message import Message
+
+from auditoryhum.bus import Bus, BusError, Consumer, Record
 from auditoryhum.bus.codec import TYPE_HEADER, CodecError
 from auditoryhum.stages.base import Out, Stage, TransientError, dead_letter
 
 log = logging.getLogger(__name__)
 
 
+class Metrics:
+    """What a worker reports; the services plug in Prometheus (:mod:`auditoryhum.service.metrics`)."""
+
+    def batch(self, stage: str, records: Sequence[Record], outs: Sequence[Out], seconds: float) -> None:
+        pass
+
+    def error(self, stage: str, kind: str) -> None:
+        pass
+
+
 class StageWorker:
     """One stage bound to its consumer group."""
 
     def __init__(self, bus: Bus, stage: Stage, *, batch_size: int = 32, max_retries: int = 5,
-                 backoff_s: float = 0.2):
-        self.bus, self.stage = bus, stage
+                 backoff_s: float = 0.2, metrics: "Metrics | None" = None):
+        self.bus, self.stage, self.metrics = bus, stage, metrics or Metrics()
         self.batch_size, self.max_retries, self.backoff_s = batch_size, max_retries, backoff_s
         self.consumer_group = f"auditoryhum-{stage.name}"
         self.consumer: Consumer = bus.subscribe(self.consumer_group, stage.consumes)
@@ -34,20 +46,37 @@ class StageWorker:
         records = self.consumer.poll(self.batch_size, timeout_s)
         if not records:
             return 0
+        started = time.perf_counter()
+        try:
+            with self.stage.transaction():
+                outs = self._handle(records)
+                self._publish(outs)
+                self.bus.flush()
+        except BusError as exc:  # the bus is down: nothing is committed, the records come again
+            log.warning("%s: bus unavailable, %d records given back: %s", self.stage.name, len(records), exc)
+            for record in records:
+                self.consumer.nack(record)
+            self.metrics.error(self.stage.name, "bus")
+            time.sleep(self.backoff_s)
+            return 0
+        for record in records:
+            self.consumer.ack(record)
+        self.metrics.batch(self.stage.name, records, outs, time.perf_counter() - started)
+        return len(records)
+
+    def _handle(self, records: Sequence[Record]) -> list[Out]:
+        outs: list[Out] = []
         decoded: list[tuple[Record, object]] = []
         for record in records:
             try:
                 decoded.append((record, record.message()))
             except CodecError as exc:
-                self._publish([dead_letter(self.stage.name, str(exc), payload=record.value,
-                                           payload_type=record.headers.get(TYPE_HEADER, ""))])
+                outs.append(dead_letter(self.stage.name, str(exc), payload=record.value,
+                                        payload_type=record.headers.get(TYPE_HEADER, "")))
         if decoded:
-            for outs in self._run([m for _, m in decoded], [r for r, _ in decoded]):
-                self._publish(outs)
-        self.bus.flush()
-        for record in records:
-            self.consumer.ack(record)
-        return len(records)
+            for record_outs in self._run([m for _, m in decoded], [r for r, _ in decoded]):
+                outs += record_outs
+        return outs
 
     def _run(self, messages: Sequence, records: Sequence[Record]) -> list[list[Out]]:
         try:
@@ -61,16 +90,27 @@ class StageWorker:
     def _with_retries(self, messages: Sequence) -> list[list[Out]]:
         for attempt in range(self.max_retries):
             try:
-                return self.stage.handle_batch(messages)
+                with self.stage.transaction():  # nested: a failed attempt leaves no state behind
+                    return self.stage.handle_batch(messages)
             except TransientError as exc:
                 log.warning("%s: transient error, retry %d/%d: %s", self.stage.name, attempt + 1,
                             self.max_retries, exc)
                 time.sleep(self.backoff_s * 2**attempt)
-        return self.stage.handle_batch(messages)
+        with self.stage.transaction():
+            return self.stage.handle_batch(messages)
 
     def _publish(self, outs: Sequence[Out]) -> None:
         for out in outs:
             self.bus.publish(out.topic, out.key, out.message)
+
+    def process(self, message: Message) -> list[Out]:
+        """Handle one message outside the stream (a synchronous API call) with the same guarantees: the stage's
+        state commits only once the outputs are durable on the bus."""
+        with self.stage.transaction():
+            outs = self.stage.handle_batch([message])[0]
+            self._publish(outs)
+            self.bus.flush()
+        return outs
 
 
 def drain(workers: Sequence[StageWorker]) -> int:

@@ -16,6 +16,10 @@ from google.protobuf.message import Message
 from auditoryhum.bus.codec import decode
 
 
+class BusError(RuntimeError):
+    """The broker cannot take or give records right now; the work is retried, never dropped."""
+
+
 @dataclass(frozen=True)
 class Record:
     topic: str
@@ -46,7 +50,8 @@ class Bus(Protocol):
     def publish(self, topic: str, key: str, message: Message) -> None: ...
 
     def flush(self) -> None:
-        """Block until every published record is durable (a no-op in memory)."""
+        """Block until every published record is durable (a no-op in memory); raises :class:`BusError` if one
+        could not be delivered."""
         ...
 
     def subscribe(self, group: str, topics: Sequence[str]) -> Consumer: ...

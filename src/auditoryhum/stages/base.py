@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 from google.protobuf.message import Message
 
@@ -37,6 +38,11 @@ class Stage:
 
     def handle_batch(self, messages: Sequence[Message]) -> list[list[Out]]:
         return [self.handle(m) for m in messages]
+
+    def transaction(self) -> ContextManager:
+        """Held by the runner around handling a batch and publishing its outputs; stateful stages commit their
+        state in it, so state never runs ahead of the outputs that are durable on the bus."""
+        return nullcontext()
 
 
 def dead_letter(stage: str, reason: str, message: Message | None = None, *, clip: pb.Clip | None = None,

@@ -1,0 +1,9 @@
+"""The aligner service's process: `python services/aligner/main.py` (same as `auditoryhum serve aligner`).
+
+Settings come from AUDITORYHUM_* environment variables or the dotenv file named by AUDITORYHUM_ENV_FILE.
+"""
+
+from auditoryhum.service.app import main
+
+if __name__ == "__main__":
+    main("aligner")

@@ -1,0 +1,9 @@
+"""The labeler service's process: `python services/labeler/main.py` (same as `auditoryhum serve labeler`).
+
+Settings come from AUDITORYHUM_* environment variables or the dotenv file named by AUDITORYHUM_ENV_FILE.
+"""
+
+from auditoryhum.service.app import main
+
+if __name__ == "__main__":
+    main("labeler")

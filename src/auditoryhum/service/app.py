@@ -1,0 +1,131 @@
+"""One service process: its stage consuming Kafka, its gRPC API and its Prometheus /metrics, until SIGTERM.
+
+The stage is the same handler the embedded mode runs; only the transport (Kafka), the state (a database file or
+URL) and the synchronous API differ. Start-up order matters to orchestrators: models load first, then the gRPC
+health service reports SERVING, so readiness means "can answer now".
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from typing import Callable
+
+import prometheus_client
+from pydantic import ValidationError
+from kafka.errors import KafkaError
+
+from auditoryhum import topics
+from auditoryhum.bus import BusError
+from auditoryhum.bus.kafka import KafkaBus, ensure_topics
+from auditoryhum.pipeline import Models, audio_limits, audio_loader
+from auditoryhum.runner import StageWorker
+from auditoryhum.service import grpc_api, grpc_server, logs, metrics
+from auditoryhum.service.settings import DEFAULT_PORTS, ServiceSettings
+from auditoryhum.stages.aligner import AlignerStage
+from auditoryhum.stages.base import Stage
+from auditoryhum.stages.clusterer import ClustererStage
+from auditoryhum.stages.labeler import LabelerStage
+from auditoryhum.stages.review import ReviewPolicy, ReviewStage
+from auditoryhum.store import Store
+from auditoryhum.taxonomy.builder import TaxonomyBuilder
+from auditoryhum.v1 import services_pb2_grpc as rpc
+
+log = logging.getLogger("auditoryhum.service")
+SERVICES = tuple(DEFAULT_PORTS)
+LAG_EVERY_S = 5.0
+
+# A stage and, once its worker exists, its gRPC servicers: [(add_XServicer_to_server, servicer)].
+Wiring = tuple[Stage, Callable[[StageWorker], list[tuple[Callable, object]]]]
+
+
+def _labeler(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
+    executor = stack.enter_context(ThreadPoolExecutor(s.workers, thread_name_prefix="labeler"))
+    stage = LabelerStage(models.labeler, audio_loader(s), max_words=s.max_words, executor=executor,
+                         workers=s.workers)
+    return stage, lambda worker: [(rpc.add_LabelerServiceServicer_to_server,
+                                   grpc_api.LabelerServicer(stage, audio_limits(s)))]
+
+
+def _aligner(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
+    stage = AlignerStage(models.scorer, audio_loader(s), models.labeler.sample_rate,
+                         keep_audio_embedding=s.representation == "class-vector")
+    return stage, lambda worker: [(rpc.add_AlignerServiceServicer_to_server, grpc_api.AlignerServicer(stage, audio_limits(s)))]
+
+
+def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
+    store = Store(s.store_url("review"))
+    stack.callback(store.close)
+    stage = ReviewStage(ReviewPolicy(s.review_fraction, s.review_threshold, s.review_auto_accept), s.max_words, store)
+    return stage, lambda worker: [(rpc.add_ReviewServiceServicer_to_server, grpc_api.ReviewServicer(worker))]
+
+
+def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
+    store = Store(s.store_url("clusterer"))
+    stack.callback(store.close)
+    stage = ClustererStage(models.taxonomy_builder(), store)
+
+    def builder(k_min: int, k_max: int, lam: float, algorithm: str) -> TaxonomyBuilder:
+        return TaxonomyBuilder(models.embedder, k_min=k_min, k_max=k_max, lam=lam, algorithm=algorithm,
+                               namer=stage.builder.namer, representation=s.representation)
+
+    return stage, lambda worker: [(rpc.add_ClustererServiceServicer_to_server,
+                                   grpc_api.ClustererServicer(stage, models.embedder, builder))]
+
+
+WIRING = {"labeler": _labeler, "aligner": _aligner, "review": _review, "clusterer": _clusterer}
+
+
+def serve(name: str, settings: ServiceSettings | None = None) -> None:
+    """Run service ``name`` until SIGTERM or SIGINT; what it finished is committed, what it had not is re-read by
+    its successor."""
+    settings = settings or ServiceSettings()
+    logs.configure(name)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack: a hung service explains itself
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ensure_topics(settings.bootstrap, topics.ALL, settings.partitions)
+    bus = KafkaBus(settings.bootstrap, client_id=f"auditoryhum-{name}", instance_id=settings.instance_id,
+                   session_timeout_ms=settings.session_timeout_ms)
+    with ExitStack() as stack:
+        stack.callback(bus.close)
+        stage, servicers = WIRING[name](settings, Models(settings), stack)
+        worker = StageWorker(bus, stage, batch_size=settings.batch_size, metrics=metrics.StageMetrics())
+        stack.callback(worker.consumer.close)
+        grpc_port, metrics_port = settings.ports(name)
+        server, health, port = grpc_server.build_server(servicers(worker), port=grpc_port, host=settings.grpc_host,
+                                            max_message_mb=settings.max_message_mb)
+        prometheus_client.start_http_server(metrics_port, addr=settings.grpc_host)
+        server.start()
+        log.info("serving", extra={"grpc_port": port, "metrics_port": metrics_port, "bootstrap": settings.bootstrap,
+                                   "consumes": list(stage.consumes)})
+        lag_at = 0.0
+        while not stop.is_set():
+            try:
+                worker.step(timeout_s=0.2)
+                if time.monotonic() - lag_at > LAG_EVERY_S:
+                    lag_at = time.monotonic()
+                    metrics.CONSUMER_LAG.labels(name).set(worker.consumer.lag())
+            except (BusError, KafkaError) as exc:  # the broker is away: wait for it, lose nothing
+                log.warning("kafka unavailable: %s", exc)
+                stop.wait(1.0)
+        log.info("stopping")
+        grpc_server.stop(server, health).wait()
+
+
+def main(name: str) -> None:
+    """A service's entry point: invalid settings are one clear line and exit status 2, not a traceback."""
+    try:
+        settings = ServiceSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"invalid settings: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(name, settings)

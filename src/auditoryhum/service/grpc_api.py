@@ -1,0 +1,257 @@
+"""The synchronous gRPC APIs of the four services: thin servicers over the stages' own handlers.
+
+A servicer checks the request, hands it to the stage exactly as the stream worker would, and maps the outcome to
+a status: INVALID_ARGUMENT names the bad field, NOT_FOUND / FAILED_PRECONDITION say what is missing, a
+:class:`TransientError` of a model back-end is UNAVAILABLE (retry), and a call whose deadline has already passed
+is refused with DEADLINE_EXCEEDED before any model runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import threading
+from typing import Callable, Sequence
+
+import grpc
+
+from auditoryhum import audio, topics
+from auditoryhum.backends import TextEmbedder
+from auditoryhum.labels import parse_labels
+from auditoryhum.runner import StageWorker
+from auditoryhum.stages.aligner import AlignerStage
+from auditoryhum.stages.base import Out, TransientError
+from auditoryhum.stages.clusterer import ClustererStage
+from auditoryhum.stages.labeler import LabelerStage
+from auditoryhum.taxonomy.builder import TaxonomyBuilder
+from auditoryhum.taxonomy.cluster import ALGORITHMS
+from auditoryhum.taxonomy.index import TaxonomyIndex
+from auditoryhum.v1 import pipeline_pb2 as pb
+from auditoryhum.v1 import services_pb2 as api
+from auditoryhum.v1 import services_pb2_grpc as api_grpc
+
+MAX_ITEMS = 256  # clips per LabelClips call, labels per Score or Classify call
+MAX_LABEL_CHARS = 200
+
+# (k_min, k_max, penalty_lambda, algorithm) → a builder with those settings.
+MakeBuilder = Callable[[int, int, float, str], TaxonomyBuilder]
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+def _rpc(method):
+    """The status mapping every method shares."""
+
+    @functools.wraps(method)
+    def call(self, request, context: grpc.ServicerContext):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # queued past its deadline: nobody waits for the answer
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started")
+        try:
+            return method(self, request)
+        except _Abort as exc:
+            context.abort(exc.code, exc.details)
+        except TransientError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"a back-end is unavailable, retry later: {exc}")
+
+    return call
+
+
+def _invalid(details: str) -> _Abort:
+    return _Abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+def inline_clip(item: api.InlineAudio) -> pb.Clip:
+    """The clip of audio sent in a request; its id is stable for the same dataset, name and bytes."""
+    digest = hashlib.sha1(f"{item.dataset}/{item.name}/".encode("utf-8") + item.data).hexdigest()[:16]
+    return pb.Clip(clip_id=digest, uri=f"inline:{item.name}", dataset=item.dataset)
+
+
+class LabelerServicer(api_grpc.LabelerServiceServicer):
+    """``limits`` apply to inline audio; clips read from a uri get the stage's own loader and its limits."""
+
+    def __init__(self, stage: LabelerStage, limits: audio.AudioLimits, *, max_clips: int = MAX_ITEMS):
+        self.stage, self.limits, self.max_clips = stage, limits, max_clips
+
+    @_rpc
+    def LabelClips(self, request: api.LabelClipsRequest) -> api.LabelClipsResponse:
+        total = len(request.clips) + len(request.inline)
+        if not total:
+            raise _invalid("no clips: send clips (read from their uri) or inline audio")
+        if total > self.max_clips:
+            raise _invalid(f"{total} clips in one call; at most {self.max_clips}")
+        for i, clip in enumerate(request.clips):
+            if not clip.uri:
+                raise _invalid(f"clips[{i}] has no uri; send its audio in inline instead")
+        for i, item in enumerate(request.inline):
+            if not item.data:
+                raise _invalid(f"inline[{i}] ({item.name!r}) has no data")
+        outs = self.stage.handle_batch(list(request.clips)) if request.clips else []
+        if request.inline:
+            clips = [inline_clip(item) for item in request.inline]
+            blobs = {clip.clip_id: item.data for clip, item in zip(clips, request.inline)}
+            # The same model behind a loader of this request's bytes: the handler itself stays unchanged.
+            inline = LabelerStage(self.stage.labeler,
+                                  lambda clip, rate: audio.load_bytes(blobs[clip.clip_id], rate, self.limits),
+                                  max_words=self.stage.max_words)
+            outs += inline.handle_batch(clips)
+        response = api.LabelClipsResponse()
+        for out in _flat(outs):
+            (response.proposals if out.topic == topics.LABELS else response.dead_letters).append(out.message)
+        return response
+
+
+class AlignerServicer(api_grpc.AlignerServiceServicer):
+    """``limits`` apply to audio sent in the request; a clip.uri is read by the stage's own loader."""
+
+    def __init__(self, stage: AlignerStage, limits: audio.AudioLimits, *, max_labels: int = MAX_ITEMS):
+        self.stage, self.limits, self.max_labels = stage, limits, max_labels
+
+    @_rpc
+    def Score(self, request: api.ScoreRequest) -> api.ScoreResponse:
+        labels = _labels(request.labels, self.max_labels)
+        if not request.audio and not request.clip.uri:
+            raise _invalid("no audio: set audio, or clip.uri")
+        stage = self.stage
+        if request.audio:
+            stage = AlignerStage(stage.scorer, lambda clip, rate: audio.load_bytes(request.audio, rate, self.limits),
+                                 stage.sample_rate, keep_audio_embedding=stage.keep_audio_embedding)
+        [outs] = stage.handle_batch([pb.LabelProposal(clip=request.clip, labels=labels)])
+        for out in outs:
+            if out.topic == topics.DLQ:
+                raise _invalid(f"cannot score the clip: {out.message.reason}")
+        return api.ScoreResponse(alignment=outs[0].message)
+
+
+class ClustererServicer(api_grpc.ClustererServiceServicer):
+    """BuildTaxonomy settings left unset in a request (0, empty, absent) take the stage's builder's values."""
+
+    def __init__(self, stage: ClustererStage, embedder: TextEmbedder, make_builder: MakeBuilder, *,
+                 max_labels: int = MAX_ITEMS):
+        self.stage, self.embedder, self.make_builder, self.max_labels = stage, embedder, make_builder, max_labels
+        self._indexes: dict[str, tuple[tuple[int, int], TaxonomyIndex]] = {}
+        self._lock = threading.Lock()
+
+    @_rpc
+    def GetTaxonomy(self, request: api.GetTaxonomyRequest) -> api.GetTaxonomyResponse:
+        return api.GetTaxonomyResponse(taxonomy=self._taxonomy(request.dataset))
+
+    @_rpc
+    def Classify(self, request: api.ClassifyRequest) -> api.ClassifyResponse:
+        labels = _labels(request.labels, self.max_labels)
+        matches = self._index(self._taxonomy(request.dataset)).classify(labels)
+        return api.ClassifyResponse(classifications=[
+            api.Classification(label=m.label, cluster_id=m.cluster_id, composite_label=m.composite_label,
+                               similarity=m.similarity) for m in matches])
+
+    @_rpc
+    def BuildTaxonomy(self, request: api.BuildTaxonomyRequest) -> api.BuildTaxonomyResponse:
+        dataset = _dataset(request.dataset)
+        defaults = self.stage.builder
+        k_min, k_max = request.k_min or defaults.k_min, request.k_max or defaults.k_max
+        lam = request.penalty_lambda if request.HasField("penalty_lambda") else defaults.lam
+        algorithm = request.algorithm or defaults.algorithm
+        _check_settings(k_min, k_max, lam, algorithm)
+        if not self.stage.labels_count(dataset):
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"dataset {dataset!r} has no final labels yet")
+        builder = self.make_builder(k_min, k_max, lam, algorithm)
+        return api.BuildTaxonomyResponse(taxonomy=self.stage.build(dataset, builder))
+
+    def _taxonomy(self, dataset: str) -> pb.Taxonomy:
+        taxonomy = self.stage.taxonomy(_dataset(dataset))
+        if taxonomy is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"dataset {dataset!r} has no taxonomy yet")
+        return taxonomy
+
+    def _index(self, taxonomy: pb.Taxonomy) -> TaxonomyIndex:
+        # Every build stamps created_at: an unchanged stamp means the centroids need not be embedded again.
+        key = (taxonomy.created_at.seconds, taxonomy.created_at.nanos)
+        with self._lock:
+            cached = self._indexes.get(taxonomy.dataset)
+            if cached is None or cached[0] != key:
+                try:
+                    cached = key, TaxonomyIndex(taxonomy, self.embedder)
+                except ValueError as exc:  # a taxonomy without clusters (a dataset without usable labels)
+                    raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+                self._indexes[taxonomy.dataset] = cached
+            return cached[1]
+
+
+class ReviewServicer(api_grpc.ReviewServiceServicer):
+    """A decision goes through the stage's handler as one read from the bus would (idempotent; the task's state
+    commits only once its final label is durable on the bus) and is then published for the record."""
+
+    MAX_PAGE = 500
+
+    def __init__(self, worker: StageWorker):
+        self.worker, self.stage = worker, worker.stage
+
+    @_rpc
+    def ListTasks(self, request: api.ListTasksRequest) -> api.ListTasksResponse:
+        if request.page_size < 0:
+            raise _invalid("page_size must not be negative")
+        if request.page_token and not request.page_token.isdigit():
+            raise _invalid("page_token is not one this service issued")
+        size, offset = min(request.page_size or 50, self.MAX_PAGE), int(request.page_token or 0)
+        tasks = self.stage.tasks(request.dataset, size + 1, offset)
+        return api.ListTasksResponse(tasks=tasks[:size], next_page_token=str(offset + size) if len(tasks) > size else "")
+
+    @_rpc
+    def SubmitDecision(self, request: api.SubmitDecisionRequest) -> api.SubmitDecisionResponse:
+        decision = request.decision
+        if not decision.task_id:
+            raise _invalid("decision.task_id is required")
+        if decision.action == pb.REVIEW_ACTION_UNSPECIFIED:
+            raise _invalid("decision.action is required")
+        if decision.action == pb.REVIEW_ACTION_CORRECT and not parse_labels(decision.label, self.stage.max_words):
+            raise _invalid("decision.label has no usable label text")
+        task = self.stage.task(decision.task_id)
+        if task is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no pending task {decision.task_id!r} (unknown or decided)")
+        outs = self.worker.process(decision)
+        self.worker.bus.publish(topics.REVIEW_DECISIONS, task.alignment.clip.clip_id, decision)
+        self.worker.bus.flush()
+        finals = [o.message for o in outs if isinstance(o.message, pb.FinalLabel)]
+        return api.SubmitDecisionResponse(final_label=finals[0] if finals else None)
+
+
+def _flat(outs: list[list[Out]]) -> list[Out]:
+    return [out for clip_outs in outs for out in clip_outs]
+
+
+def _dataset(dataset: str) -> str:
+    if not dataset:
+        raise _invalid("dataset is empty")
+    return dataset
+
+
+def _labels(labels: Sequence[str], limit: int) -> list[str]:
+    if not labels:
+        raise _invalid("labels is empty: send at least one label")
+    if len(labels) > limit:
+        raise _invalid(f"{len(labels)} labels in one call; at most {limit}")
+    for i, label in enumerate(labels):
+        if not label.strip():
+            raise _invalid(f"labels[{i}] is blank")
+        if len(label) > MAX_LABEL_CHARS:
+            raise _invalid(f"labels[{i}] has {len(label)} characters; at most {MAX_LABEL_CHARS}")
+        if not label.isprintable():
+            raise _invalid(f"labels[{i}] contains non-printable characters")
+    return list(labels)
+
+
+def _check_settings(k_min: int, k_max: int, lam: float, algorithm: str) -> None:
+    """The settings in force, the request's or the defaults, are checked before a long sweep starts."""
+    if k_min < 2:
+        raise _invalid(f"k_min is {k_min}; it must be at least 2")
+    if k_max < k_min:
+        raise _invalid(f"k_max ({k_max}) is below k_min ({k_min})")
+    if algorithm not in ALGORITHMS:
+        raise _invalid(f"unknown algorithm {algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
+    if not (math.isfinite(lam) and lam >= 0):
+        raise _invalid(f"penalty_lambda is {lam:g}; it must be a finite number >= 0")

@@ -1,0 +1,176 @@
+"""The distributed mode on one machine: a real Kafka broker (scripts/kafka.sh) and the four services as processes.
+
+``make up`` / ``make down`` use it, and so do the end-to-end tests and ``make bench-pipeline``, each on its own
+ports and folder. Processes get their own session and pid files, so ``down`` can stop what an earlier ``up``
+started.
+
+    python -m auditoryhum.service.local up|down|status [--home .run] [--kafka-port 19092] [--port-base 50051]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from auditoryhum.service.settings import DEFAULT_PORTS
+
+ROOT = Path(__file__).resolve().parents[3]
+SERVICES = tuple(DEFAULT_PORTS)
+
+
+class LocalStack:
+    def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
+                 env: dict[str, str] | None = None):
+        self.home = home.resolve()
+        self.kafka_port, self.port_base, self.metrics_base = kafka_port, port_base, metrics_base
+        self.env = env or {}
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    def grpc_address(self, name: str) -> str:
+        return f"127.0.0.1:{self.port_base + SERVICES.index(name)}"
+
+    def metrics_address(self, name: str) -> str:
+        return f"127.0.0.1:{self.metrics_base + SERVICES.index(name)}"
+
+    # -- Kafka --------------------------------------------------------------------------------------------------
+
+    def _kafka(self, command: str) -> None:
+        env = {**os.environ, "KAFKA_PORT": str(self.kafka_port), "KAFKA_CONTROLLER_PORT": str(self.kafka_port + 1),
+               "KAFKA_HOME_DIR": str(self.home / "kafka"), "KAFKA_PYTHON": sys.executable}
+        subprocess.run([str(ROOT / "scripts" / "kafka.sh"), command], env=env, check=True)
+
+    def start_kafka(self) -> None:
+        self._kafka("start")
+
+    def stop_kafka(self) -> None:
+        self._kafka("stop")
+
+    # -- services -----------------------------------------------------------------------------------------------
+
+    def _pidfile(self, name: str) -> Path:
+        return self.home / f"{name}.pid"
+
+    def start(self, name: str, wait_s: float = 120.0) -> subprocess.Popen:
+        """Start service ``name`` and wait until its gRPC health check says SERVING."""
+        process = self._spawn(name)
+        self.wait_serving(name, wait_s, process)
+        return process
+
+    def _spawn(self, name: str) -> subprocess.Popen:
+        i = SERVICES.index(name)
+        env = {**os.environ, **self.env,
+               "AUDITORYHUM_BOOTSTRAP": self.bootstrap, "AUDITORYHUM_GRPC_PORT": str(self.port_base + i),
+               "AUDITORYHUM_METRICS_PORT": str(self.metrics_base + i), "AUDITORYHUM_INSTANCE_ID": name,
+               "AUDITORYHUM_STATE_DIR": str(self.home / "state")}
+        log = (self.home / f"{name}.log").open("ab")
+        process = subprocess.Popen([sys.executable, "-m", "auditoryhum", "serve", name], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home)
+        self._pidfile(name).write_text(str(process.pid))
+        return process
+
+    def wait_serving(self, name: str, wait_s: float, process: subprocess.Popen | None = None) -> None:
+        deadline = time.monotonic() + wait_s
+        with grpc.insecure_channel(self.grpc_address(name)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.home / (name + '.log')}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not SERVING after {wait_s:g} s; see {self.home / (name + '.log')}")
+                time.sleep(0.3)
+
+    def signal(self, name: str, sig: int = signal.SIGTERM, wait_s: float = 30.0) -> None:
+        """Send ``sig`` to a service and wait for it to exit (SIGKILL is the crash test)."""
+        pidfile = self._pidfile(name)
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text())
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pidfile.unlink(missing_ok=True)
+            return
+        deadline = time.monotonic() + wait_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        pidfile.unlink(missing_ok=True)
+
+    def up(self, services: tuple[str, ...] = SERVICES, *, kafka: bool = True, wait_s: float = 180.0) -> None:
+        """Kafka, then the services, started side by side (each loads its models) and awaited."""
+        if kafka:
+            self.start_kafka()
+        processes = {name: self._spawn(name) for name in services}
+        for name, process in processes.items():
+            self.wait_serving(name, wait_s, process)
+
+    def stop_services(self) -> None:
+        for name in SERVICES:
+            self.signal(name)
+
+    def down(self) -> None:
+        self.stop_services()
+        self.stop_kafka()
+
+    def status(self) -> dict[str, bool]:
+        return {name: self._pidfile(name).exists() and _alive(int(self._pidfile(name).read_text()))
+                for name in SERVICES}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap our own child, or it lingers as a zombie
+        if finished:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m auditoryhum.service.local", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--home", type=Path, default=Path(".run"), help="logs, pid files, state and Kafka data")
+    parser.add_argument("--kafka-port", type=int, default=19092)
+    parser.add_argument("--port-base", type=int, default=50051, help="gRPC ports: base..base+3")
+    parser.add_argument("--metrics-base", type=int, default=9101)
+    args = parser.parse_args(argv)
+    stack = LocalStack(args.home, kafka_port=args.kafka_port, port_base=args.port_base,
+                       metrics_base=args.metrics_base)
+    if args.command == "up":
+        stack.up()
+        for name in SERVICES:
+            print(f"{name:10s} gRPC {stack.grpc_address(name)}  metrics http://{stack.metrics_address(name)}/metrics")
+        print(f"kafka      {stack.bootstrap}   logs {stack.home}")
+    elif args.command == "down":
+        stack.down()
+    else:
+        for name, alive in stack.status().items():
+            print(f"{name:10s} {'running' if alive else 'stopped'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Prometheus metrics of a service process: its gRPC API and its stream worker.
+
+Defined once per process on the default registry, so the ``/metrics`` endpoint of any service exposes them all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from typing import Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from auditoryhum import runner, topics
+from auditoryhum.bus import Record
+from auditoryhum.stages.base import Out
+
+# Model calls take from milliseconds (a cached embedding) to minutes (a taxonomy sweep).
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0)
+
+GRPC_REQUESTS = Counter("auditoryhum_grpc_requests", "gRPC calls handled, by full method name and status code",
+                        ["method", "code"])
+GRPC_SECONDS = Histogram("auditoryhum_grpc_request_seconds", "Time to handle a gRPC call", ["method"],
+                         buckets=SECONDS_BUCKETS)
+
+RECORDS_IN = Counter("auditoryhum_records_in", "Records consumed by a stage worker", ["stage", "topic"])
+RECORDS_OUT = Counter("auditoryhum_records_out", "Records published by a stage worker", ["stage", "topic"])
+DEAD_LETTERS = Counter("auditoryhum_dead_letters", "Dead letters published by a stage worker", ["stage"])
+ERRORS = Counter("auditoryhum_errors", "Failures of a stage worker, by kind (e.g. transient, bus, handler)",
+                 ["stage", "kind"])
+BATCH_SECONDS = Histogram("auditoryhum_batch_seconds", "Time to handle one batch and publish its outputs", ["stage"],
+                          buckets=SECONDS_BUCKETS)
+CONSUMER_LAG = Gauge("auditoryhum_consumer_lag", "Records on the stage's input topics not yet consumed", ["stage"])
+
+
+class StageMetrics(runner.Metrics):
+    """The stream worker's reports, as Prometheus metrics."""
+
+    def batch(self, stage: str, records: Sequence[Record], outs: Sequence[Out], seconds: float) -> None:
+        BATCH_SECONDS.labels(stage).observe(seconds)
+        for topic, n in Tally(r.topic for r in records).items():
+            RECORDS_IN.labels(stage, topic).inc(n)
+        for topic, n in Tally(o.topic for o in outs).items():
+            RECORDS_OUT.labels(stage, topic).inc(n)
+            if topic == topics.DLQ:
+                DEAD_LETTERS.labels(stage).inc(n)
+
+    def error(self, stage: str, kind: str) -> None:
+        ERRORS.labels(stage, kind).inc()

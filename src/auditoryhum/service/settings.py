@@ -1,0 +1,46 @@
+"""A service's settings: the pipeline's (:class:`~auditoryhum.config.Settings`) plus where it listens and what it
+talks to. Read from ``AUDITORYHUM_*`` environment variables, or a dotenv file named by ``AUDITORYHUM_ENV_FILE``."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from auditoryhum.config import Settings
+
+# name → (gRPC port, metrics port) when not configured: one machine can run all four side by side.
+DEFAULT_PORTS = {"labeler": (50051, 9101), "aligner": (50052, 9102), "review": (50053, 9103),
+                 "clusterer": (50054, 9104)}
+
+
+class ServiceSettings(Settings):
+    model_config = SettingsConfigDict(env_prefix="AUDITORYHUM_", extra="ignore",
+                                      env_file=os.environ.get("AUDITORYHUM_ENV_FILE"))
+
+    bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma-separated")
+    partitions: int = Field(4, ge=1, description="partitions of each topic created at start-up")
+    instance_id: str | None = Field(None, description="stable member id (e.g. the pod name): a restarted "
+                                                      "instance takes its partitions back at once")
+    session_timeout_ms: int = Field(10_000, ge=6_000, description="Kafka consumer-group session timeout")
+    grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds")
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="default: 50051-50054 by service")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; default 9101-9104")
+    max_message_mb: float = Field(16.0, gt=0, le=1024, description="largest gRPC message accepted or sent")
+    state_url: str | None = Field(None, description="SQLAlchemy URL of review/clusterer state; default "
+                                                    "sqlite:///<state_dir>/<service>.db")
+    state_dir: str = Field("state", description="folder of the default SQLite state files")
+    review_auto_accept: bool = Field(True, description="selected clips keep the model's label unless a "
+                                                       "reviewer decides (false: wait for decisions)")
+
+    def ports(self, service: str) -> tuple[int, int]:
+        grpc_port, metrics_port = DEFAULT_PORTS[service]
+        return (grpc_port if self.grpc_port is None else self.grpc_port,
+                metrics_port if self.metrics_port is None else self.metrics_port)
+
+    def store_url(self, service: str) -> str:
+        if self.state_url:
+            return self.state_url
+        os.makedirs(self.state_dir, exist_ok=True)
+        return f"sqlite:///{os.path.join(self.state_dir, service)}.db"
