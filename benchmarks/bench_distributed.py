@@ -9,27 +9,19 @@ Kafka and the four service processes (started beforehand, not timed) sharing thi
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_pipeline import bench_args  # this folder is on sys.path when a benchmark runs as a script
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=1200)
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "bench")
-    args = parser.parse_args()
-    if len(list(args.data.glob("*.wav"))) != args.clips:
-        subprocess.run([sys.executable, str(ROOT / "scripts/make_demo_set.py"), str(args.data), "--bench",
-                        str(args.clips)], check=True)
+    args = bench_args(__doc__)
 
     from auditoryhum import pipeline
     from auditoryhum.config import Settings
@@ -48,7 +40,7 @@ def main() -> None:
     del models
 
     with tempfile.TemporaryDirectory() as tmp:
-        stack = LocalStack(Path(tmp), kafka_port=49092, port_base=49151, metrics_base=49161)
+        stack = LocalStack(Path(tmp), kafka_port=28092, port_base=28151, metrics_base=28161)
         t0 = time.perf_counter()
         stack.up()
         startup_s = time.perf_counter() - t0

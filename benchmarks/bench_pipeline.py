@@ -32,14 +32,20 @@ def rss_mb() -> float:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_args(doc: str) -> argparse.Namespace:
+    """--clips N and --data DIR; the N clips of 10 s are made from the real recordings if DIR lacks them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=1200)
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "bench")
     args = parser.parse_args()
     if len(list(args.data.glob("*.wav"))) != args.clips:
         subprocess.run([sys.executable, str(ROOT / "scripts/make_demo_set.py"), str(args.data), "--bench",
                         str(args.clips)], check=True)
+    return args
+
+
+def main() -> None:
+    args = bench_args(__doc__)
 
     from auditoryhum import audio, pipeline
     from auditoryhum.backends import features

@@ -26,7 +26,7 @@ def models() -> Models:
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory) -> Iterator[LocalStack]:
     """A real Apache Kafka broker (scripts/kafka.sh) on its own ports, for the whole session."""
-    stack = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=39092, port_base=39151, metrics_base=39161)
+    stack = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=29092, port_base=29151, metrics_base=29161)
     stack.start_kafka()
     yield stack
     stack.down()

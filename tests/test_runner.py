@@ -58,6 +58,17 @@ def test_transient_errors_are_retried_not_dead_lettered():
     assert collect(bus, topics.DLQ) == []
 
 
+def test_a_back_end_down_beyond_the_retries_gives_the_records_back():
+    bus = InMemoryBus()
+    worker = StageWorker(bus, Echo(transient_failures=4), max_retries=2, backoff_s=0.001)
+    bus.publish(topics.CLIPS, "a", pb.Clip(clip_id="a", uri="a"))
+    assert worker.step() == 0  # 3 attempts failed: not consumed, not dead-lettered
+    assert bus.lag(worker.consumer_group) == 1
+    drain([worker])  # the back-end is back
+    assert [m.clip.clip_id for m in collect(bus, topics.LABELS)] == ["a"]
+    assert collect(bus, topics.DLQ) == []
+
+
 class FlakyBus(InMemoryBus):
     """Records reach the bus on flush; the first ``failures`` flushes lose them, as a broker that is away would."""
 

@@ -1,9 +1,10 @@
-"""The aligner service's process: `python services/aligner/main.py` (same as `auditoryhum serve aligner`).
+"""The aligner service's process: `python services/aligner/main.py`, the same as `auditoryhum serve aligner`.
 
-Settings come from AUDITORYHUM_* environment variables or the dotenv file named by AUDITORYHUM_ENV_FILE.
+Settings come from AUDITORYHUM_* environment variables or the dotenv file named by AUDITORYHUM_ENV_FILE; invalid
+ones are one clear line and exit status 2.
 """
 
-from auditoryhum.service.app import main
+from auditoryhum.cli import app
 
 if __name__ == "__main__":
-    main("aligner")
+    app(["serve", "aligner"], prog_name="auditoryhum")

@@ -52,11 +52,12 @@ class StageWorker:
                 outs = self._handle(records)
                 self._publish(outs)
                 self.bus.flush()
-        except BusError as exc:  # the bus is down: nothing is committed, the records come again
-            log.warning("%s: bus unavailable, %d records given back: %s", self.stage.name, len(records), exc)
+        except (BusError, TransientError) as exc:  # nothing is committed: the records come again, later
+            kind = "bus" if isinstance(exc, BusError) else "transient"
+            log.warning("%s: %s unavailable, %d records given back: %s", self.stage.name, kind, len(records), exc)
             for record in records:
                 self.consumer.nack(record)
-            self.metrics.error(self.stage.name, "bus")
+            self.metrics.error(self.stage.name, kind)
             time.sleep(self.backoff_s)
             return 0
         for record in records:
@@ -81,6 +82,8 @@ class StageWorker:
     def _run(self, messages: Sequence, records: Sequence[Record]) -> list[list[Out]]:
         try:
             return self._with_retries(messages)
+        except TransientError:
+            raise  # still failing after the retries: a back-end is down, not a bad record; never a dead letter
         except Exception as exc:  # noqa: BLE001 — the last line of defence: the record is kept, with the reason
             if len(messages) > 1:  # isolate the failing record so the rest of the batch goes through
                 return [self._run([m], [r])[0] for m, r in zip(messages, records)]

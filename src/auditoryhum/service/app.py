@@ -10,7 +10,6 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,6 @@ from contextlib import ExitStack
 from typing import Callable
 
 import prometheus_client
-from pydantic import ValidationError
 from kafka.errors import KafkaError
 
 from auditoryhum import topics
@@ -119,13 +117,3 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
         log.info("stopping")
         grpc_server.stop(server, health).wait()
 
-
-def main(name: str) -> None:
-    """A service's entry point: invalid settings are one clear line and exit status 2, not a traceback."""
-    try:
-        settings = ServiceSettings()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"invalid settings: {problems}", file=sys.stderr)
-        raise SystemExit(2) from None
-    serve(name, settings)

@@ -24,7 +24,8 @@ class ServiceSettings(Settings):
     instance_id: str | None = Field(None, description="stable member id (e.g. the pod name): a restarted "
                                                       "instance takes its partitions back at once")
     session_timeout_ms: int = Field(10_000, ge=6_000, description="Kafka consumer-group session timeout")
-    grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds")
+    grpc_host: str = Field("127.0.0.1", description="address the gRPC and metrics servers bind "
+                                                      "(0.0.0.0 in a container)")
     grpc_port: int | None = Field(None, ge=0, le=65535, description="default: 50051-50054 by service")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; default 9101-9104")
     max_message_mb: float = Field(16.0, gt=0, le=1024, description="largest gRPC message accepted or sent")
