@@ -11,7 +11,7 @@ DEMO := data/demo
 BENCH_CLIPS ?= 1200
 KAFKA_LIB := deploy/kafka/lib/.installed
 
-.PHONY: setup apt venv proto run test lint-proto bench bench-cluster bench-pipeline clean kafka-up kafka-down up down
+.PHONY: setup apt venv proto run test lint-proto bench bench-cluster bench-pipeline bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB)  ## install everything a fresh machine needs
 
@@ -48,7 +48,13 @@ kafka-up: $(KAFKA_LIB)  ## start the dev broker (scripts/kafka.sh; KAFKA_PORT, d
 kafka-down:
 	scripts/kafka.sh stop
 
-up: $(GENERATED) $(KAFKA_LIB)  ## Kafka + the four services on this machine (logs, state, pids in .run/)
+triton-up:  ## Triton serving the lite models on 127.0.0.1:18000-18002 (scripts/triton.sh; TRITON_MODELS chooses)
+	scripts/triton.sh start
+
+triton-down:
+	scripts/triton.sh stop
+
+up: $(GENERATED) $(KAFKA_LIB)  ## Kafka + Triton + the four services on this machine (logs, state, pids in .run/)
 	$(PY) -m auditoryhum.service.local up --home .run
 
 down:  ## stop what `make up` started
@@ -78,8 +84,11 @@ bench: $(GENERATED)  ## embedded-pipeline throughput on 10-s clips, against the 
 bench-pipeline: $(GENERATED) $(KAFKA_LIB)  ## distributed mode (Kafka + services) against the embedded mode
 	$(PY) benchmarks/bench_distributed.py --clips $(BENCH_CLIPS)
 
+bench-triton: $(GENERATED)  ## the lite models in-process vs through Triton: latency, throughput, dynamic batching
+	$(PY) benchmarks/bench_triton.py
+
 bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path
 	$(PY) benchmarks/bench_cluster.py
 
 clean:
-	rm -rf out data .run .kafka deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*
+	rm -rf out data .run .kafka .triton deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*

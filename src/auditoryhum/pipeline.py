@@ -8,58 +8,20 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 from auditoryhum import audio, ingest, topics
-from auditoryhum.backends.tagbridge import TagBridgeScorer
-from auditoryhum.backends.text import SentenceEmbedder
-from auditoryhum.backends.yamnet import TaggerLabeler, YamnetTagger
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
+from auditoryhum.models import Models
 from auditoryhum.outputs import OutputWriter
 from auditoryhum.runner import StageWorker, Threads
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
-from auditoryhum.taxonomy.builder import TaxonomyBuilder
-from auditoryhum.taxonomy.naming import TransformersGenerator
 from auditoryhum.v1 import pipeline_pb2 as pb
-
-
-class Models:
-    """The offline default backends, loaded once and shared by the stages and the single-clip commands."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    @cached_property
-    def tagger(self) -> YamnetTagger:
-        # Parallelism comes from the labeler's workers, one model call each; one thread per call avoids contention.
-        return YamnetTagger(threads=1 if self.settings.workers > 1 else 0, patch_hop_s=self.settings.patch_hop_s)
-
-    @cached_property
-    def embedder(self) -> SentenceEmbedder:
-        path = self.settings.embedder_path
-        return SentenceEmbedder(path, model_id=Path(path).name) if path else SentenceEmbedder()
-
-    @cached_property
-    def labeler(self) -> TaggerLabeler:
-        s = self.settings
-        return TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)
-
-    @cached_property
-    def scorer(self) -> TagBridgeScorer:
-        # With the labeler, clips scored without their tags (a Score call on bare audio) are tagged first.
-        return TagBridgeScorer(self.embedder, self.tagger.model_id, self.tagger.class_names, labeler=self.labeler)
-
-    def taxonomy_builder(self) -> TaxonomyBuilder:
-        s = self.settings
-        namer = TransformersGenerator(s.namer_model) if s.namer_model else None
-        return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=s.k_max, lam=s.penalty_lambda,
-                               algorithm=s.algorithm, namer=namer, representation=s.representation)
 
 
 def audio_limits(settings: Settings) -> audio.AudioLimits:
@@ -95,7 +57,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         stages = [
             LabelerStage(models.labeler, load_audio, max_words=settings.max_words, executor=executor,
                          workers=settings.workers),
-            AlignerStage(models.scorer, load_audio, models.labeler.sample_rate,
+            AlignerStage(models.scorer, load_audio, models.scorer_rate,
                          keep_audio_embedding=settings.representation == "class-vector"),
             ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold), settings.max_words),
             ClustererStage(models.taxonomy_builder()),

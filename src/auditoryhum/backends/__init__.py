@@ -7,12 +7,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from auditoryhum.audio import Audio
+
+# Models load from local folders (or a hub cache) only: nothing may reach a model hub at run time unless the
+# environment says otherwise. Set here, before any backend imports transformers or huggingface_hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class BackendUnavailable(RuntimeError):
+    """A model backend that cannot run on this machine (a missing package, no GPU, no hub), with the reason."""
 
 
 @dataclass(frozen=True)

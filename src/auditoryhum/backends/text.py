@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-# Models load from local folders only; nothing may reach a model hub at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def embedder_id(path: str | None) -> str:
+    """The id embeddings are recorded under: the shipped MiniLM's, or a local model folder's name."""
+    return Path(path).name if path else MINILM_ID
 
 
 def minilm_path() -> str:

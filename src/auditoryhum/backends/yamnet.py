@@ -12,7 +12,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -79,6 +79,12 @@ def _scalar(model: onnx.ModelProto, name: str) -> float:
     return float(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name)))
 
 
+def patch_hop_frames(patch_hop_s: float) -> int:
+    """The hop between patches in spectrogram frames. YAMNet's own framing overlaps patches by half (0.48 s);
+    a 0.96 s hop halves the model's cost per clip."""
+    return max(1, round(patch_hop_s * features.SAMPLE_RATE / features.HOP_LENGTH))
+
+
 @dataclass
 class Quantisation:
     in_scale: float
@@ -106,8 +112,7 @@ class YamnetTagger:
         self._session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._max_patches = max_patches_per_call
-        # YAMNet's own framing overlaps patches by half; a 0.96 s hop halves the model's cost per clip.
-        self.patch_hop = max(1, round(patch_hop_s * features.SAMPLE_RATE / features.HOP_LENGTH))  # in frames
+        self.patch_hop = patch_hop_frames(patch_hop_s)
         self.class_names = class_names()
 
     def patch_logits(self, patches: np.ndarray) -> np.ndarray:
@@ -119,13 +124,20 @@ class YamnetTagger:
 
     def tag(self, clips: Sequence[Audio]) -> np.ndarray:
         """``[len(clips), 521]`` clip-level probabilities; all clips' patches go through the model together."""
-        for clip in clips:
-            if clip.sample_rate != self.sample_rate:
-                raise ValueError(f"YAMNet needs {self.sample_rate} Hz audio, got {clip.sample_rate}")
-        per_clip = [features.patches(clip.samples, self.patch_hop) for clip in clips]
-        probs = expit(self.patch_logits(np.concatenate(per_clip)))
-        bounds = np.cumsum([0] + [len(p) for p in per_clip])
-        return np.stack([probs[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+        return clip_probabilities(clips, self.patch_hop, self.patch_logits)
+
+
+def clip_probabilities(clips: Sequence[Audio], patch_hop: int,
+                       patch_logits: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Mean over each clip's patches of sigmoid(logits); shared by the in-process and the Triton taggers, so both
+    tag the same way whichever runs the model."""
+    for clip in clips:
+        if clip.sample_rate != features.SAMPLE_RATE:
+            raise ValueError(f"YAMNet needs {features.SAMPLE_RATE} Hz audio, got {clip.sample_rate}")
+    per_clip = [features.patches(clip.samples, patch_hop) for clip in clips]
+    probs = expit(patch_logits(np.concatenate(per_clip)))
+    bounds = np.cumsum([0] + [len(p) for p in per_clip])
+    return np.stack([probs[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 class TaggerLabeler:

@@ -42,11 +42,27 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, tim
             except TopicAlreadyExistsError:  # another service won the race
                 pass
         admin.wait_for_topics(topics, timeout_ms=int(timeout_s * 1000))
+        _wait_for_group_coordinator(admin, timeout_s)
         return created
     except KafkaError as exc:
         raise BusError(f"cannot create topics on {bootstrap}: {exc}") from exc
     finally:
         admin.close()
+
+
+def _wait_for_group_coordinator(admin: KafkaAdminClient, timeout_s: float) -> None:
+    """On a fresh broker the first group request creates ``__consumer_offsets``; consumers that join while it is
+    being created get NotCoordinator, and kafka-python 3.0 can stay stuck after that. Looking up a group first
+    (and waiting until that works) means the consumers join a ready coordinator."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.describe_groups(["auditoryhum-ready"])
+            return
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise BusError(f"no group coordinator after {timeout_s:g} s: {exc}") from exc
+            time.sleep(0.5)
 
 
 class KafkaBus:

@@ -22,7 +22,8 @@ from kafka.errors import KafkaError
 from auditoryhum import topics
 from auditoryhum.bus import BusError
 from auditoryhum.bus.kafka import KafkaBus, ensure_topics
-from auditoryhum.pipeline import Models, audio_limits, audio_loader
+from auditoryhum.models import Models
+from auditoryhum.pipeline import audio_limits, audio_loader
 from auditoryhum.runner import StageWorker
 from auditoryhum.service import grpc_api, grpc_server, logs, metrics
 from auditoryhum.service.settings import DEFAULT_PORTS, ServiceSettings
@@ -52,7 +53,7 @@ def _labeler(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
 
 
 def _aligner(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
-    stage = AlignerStage(models.scorer, audio_loader(s), models.labeler.sample_rate,
+    stage = AlignerStage(models.scorer, audio_loader(s), models.scorer_rate,
                          keep_audio_embedding=s.representation == "class-vector")
     return stage, lambda worker: [(rpc.add_AlignerServiceServicer_to_server, grpc_api.AlignerServicer(stage, audio_limits(s)))]
 
@@ -71,7 +72,7 @@ def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
 
     def builder(k_min: int, k_max: int, lam: float, algorithm: str) -> TaxonomyBuilder:
         return TaxonomyBuilder(models.embedder, k_min=k_min, k_max=k_max, lam=lam, algorithm=algorithm,
-                               namer=stage.builder.namer, representation=s.representation)
+                               namer=models.namer, representation=s.representation)
 
     return stage, lambda worker: [(rpc.add_ClustererServiceServicer_to_server,
                                    grpc_api.ClustererServicer(stage, models.embedder, builder))]

@@ -1,10 +1,12 @@
-"""The distributed mode on one machine: a real Kafka broker (scripts/kafka.sh) and the four services as processes.
+"""The distributed mode on one machine: a real Kafka broker (scripts/kafka.sh), a Triton server with the models
+(scripts/triton.sh) and the four services as processes calling it.
 
 ``make up`` / ``make down`` use it, and so do the end-to-end tests and ``make bench-pipeline``, each on its own
 ports and folder. Processes get their own session and pid files, so ``down`` can stop what an earlier ``up``
 started.
 
     python -m auditoryhum.service.local up|down|status [--home .run] [--kafka-port 19092] [--port-base 50051]
+                                                       [--triton-port 18000 | --no-triton]
 """
 
 from __future__ import annotations
@@ -28,15 +30,24 @@ SERVICES = tuple(DEFAULT_PORTS)
 
 class LocalStack:
     def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
-                 env: dict[str, str] | None = None):
+                 triton_port: int | None = 18000, env: dict[str, str] | None = None):
+        """``triton_port``: Triton's HTTP port (gRPC and metrics on the next two); None runs the models inside
+        each service instead."""
         self.home = home.resolve()
         self.kafka_port, self.port_base, self.metrics_base = kafka_port, port_base, metrics_base
+        self.triton_port = triton_port
         self.env = env or {}
+        if triton_port is not None:
+            self.env = {"AUDITORYHUM_BACKEND": "triton", "AUDITORYHUM_TRITON_URL": self.triton_url, **self.env}
         self.home.mkdir(parents=True, exist_ok=True)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def triton_url(self) -> str:
+        return f"127.0.0.1:{self.triton_port + 1}"
 
     def grpc_address(self, name: str) -> str:
         return f"127.0.0.1:{self.port_base + SERVICES.index(name)}"
@@ -56,6 +67,29 @@ class LocalStack:
 
     def stop_kafka(self) -> None:
         self._kafka("stop")
+
+    # -- Triton -------------------------------------------------------------------------------------------------
+
+    def _triton(self, command: str) -> None:
+        env = {**os.environ, "TRITON_HTTP_PORT": str(self.triton_port), "TRITON_GRPC_PORT": str(self.triton_port + 1),
+               "TRITON_METRICS_PORT": str(self.triton_port + 2), "TRITON_HOME_DIR": str(self.home / "triton"),
+               "TRITON_PYTHON": sys.executable}
+        subprocess.run([str(ROOT / "scripts" / "triton.sh"), command], env=env, check=True)
+
+    def start_triton(self) -> None:
+        if self.triton_port is not None:
+            self._triton("start")
+
+    def stop_triton(self) -> None:
+        if self.triton_port is not None:
+            self._triton("stop")
+
+    def kill_triton(self) -> None:
+        """SIGKILL the Triton server (the crash test); ``start_triton`` brings it back."""
+        pid = int((self.home / "triton" / "tritonserver.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.1)
 
     # -- services -----------------------------------------------------------------------------------------------
 
@@ -116,9 +150,10 @@ class LocalStack:
         pidfile.unlink(missing_ok=True)
 
     def up(self, services: tuple[str, ...] = SERVICES, *, kafka: bool = True, wait_s: float = 180.0) -> None:
-        """Kafka, then the services, started side by side (each loads its models) and awaited."""
+        """Kafka and Triton, then the services, started side by side and awaited."""
         if kafka:
             self.start_kafka()
+        self.start_triton()
         processes = {name: self._spawn(name) for name in services}
         for name, process in processes.items():
             self.wait_serving(name, wait_s, process)
@@ -126,6 +161,7 @@ class LocalStack:
     def stop_services(self) -> None:
         for name in SERVICES:
             self.signal(name)
+        self.stop_triton()
 
     def down(self) -> None:
         self.stop_services()
@@ -157,14 +193,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kafka-port", type=int, default=19092)
     parser.add_argument("--port-base", type=int, default=50051, help="gRPC ports: base..base+3")
     parser.add_argument("--metrics-base", type=int, default=9101)
+    parser.add_argument("--triton-port", type=int, default=18000, help="HTTP; gRPC and metrics on the next two")
+    parser.add_argument("--no-triton", action="store_true", help="run the models inside each service instead")
     args = parser.parse_args(argv)
     stack = LocalStack(args.home, kafka_port=args.kafka_port, port_base=args.port_base,
-                       metrics_base=args.metrics_base)
+                       metrics_base=args.metrics_base, triton_port=None if args.no_triton else args.triton_port)
     if args.command == "up":
         stack.up()
         for name in SERVICES:
             print(f"{name:10s} gRPC {stack.grpc_address(name)}  metrics http://{stack.metrics_address(name)}/metrics")
         print(f"kafka      {stack.bootstrap}   logs {stack.home}")
+        if stack.triton_port is not None:
+            print(f"triton     gRPC {stack.triton_url}")
     elif args.command == "down":
         stack.down()
     else:

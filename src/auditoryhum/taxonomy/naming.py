@@ -47,12 +47,12 @@ def clean_name(text: str) -> str:
 class TransformersGenerator:
     """A causal LM from a local folder (transformers), greedy decoding; uses the chat template when it has one."""
 
-    def __init__(self, path: str, *, max_new_tokens: int = 40, model_id: str | None = None):
+    def __init__(self, path: str, *, max_new_tokens: int = 40, model_id: str | None = None, device: str = "cpu"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_id = model_id or path
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
         self.max_new_tokens = max_new_tokens
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
@@ -65,7 +65,7 @@ class TransformersGenerator:
                                                           add_generation_prompt=True)
             else:
                 text = prompt + "\n"
-            inputs = self.tokenizer(text, return_tensors="pt")
+            inputs = self.tokenizer(text, return_tensors="pt").to(self.model.device)
             with torch.inference_mode():
                 output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                              num_beams=1, pad_token_id=self.tokenizer.pad_token_id

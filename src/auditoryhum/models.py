@@ -1,0 +1,113 @@
+"""The models a configuration names, loaded once on first use and shared by the stages and the commands.
+
+``profile`` picks which models (lite: YAMNet + tag bridge + MiniLM; paper: an MLLM + Human-CLAP + mpnet);
+``backend`` picks where they run: in this process, or on a Triton server whose model repository
+(deploy/triton/models) wraps the very same backend classes, so both give the same results.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from auditoryhum.backends import Labeler, Scorer, TextEmbedder
+from auditoryhum.config import Settings
+from auditoryhum.taxonomy.builder import TaxonomyBuilder
+from auditoryhum.taxonomy.naming import TextGenerator
+
+
+class Models:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def _triton_backend(self, cls, model: str, **kwargs):
+        # A service may start before Triton has loaded its models (they start side by side): wait, then connect.
+        self.triton.wait_ready([model], timeout=self.settings.triton_wait_s)
+        return cls(self.triton, model, **kwargs)
+
+    @property
+    def on_triton(self) -> bool:
+        return self.settings.backend == "triton"
+
+    @cached_property
+    def triton(self):
+        from auditoryhum.backends.triton import connect
+
+        return connect(self.settings.triton_url)
+
+    @cached_property
+    def tagger(self):
+        """YAMNet, the lite labeler's model (and the tag bridge's class names)."""
+        if self.on_triton:
+            from auditoryhum.backends.triton import TritonTagger
+
+            return self._triton_backend(TritonTagger, "yamnet_patches", patch_hop_s=self.settings.patch_hop_s)
+        from auditoryhum.backends.yamnet import YamnetTagger
+
+        # Parallelism comes from the labeler's workers, one model call each; one thread per call avoids contention.
+        return YamnetTagger(threads=1 if self.settings.workers > 1 else 0, patch_hop_s=self.settings.patch_hop_s)
+
+    @cached_property
+    def embedder(self) -> TextEmbedder:
+        if self.on_triton:
+            from auditoryhum.backends.triton import TritonTextEmbedder
+
+            return self._triton_backend(TritonTextEmbedder, "text_embedder")
+        from auditoryhum.backends.text import SentenceEmbedder, embedder_id
+
+        path = self.settings.embedder_path
+        return SentenceEmbedder(path, model_id=embedder_id(path)) if path else SentenceEmbedder()
+
+    @cached_property
+    def labeler(self) -> Labeler:
+        s = self.settings
+        if s.labeler_model:
+            if self.on_triton:
+                from auditoryhum.backends.triton import TritonLabeler
+
+                return self._triton_backend(TritonLabeler, "mllm_labeler")
+            from auditoryhum.backends.mllm import MllmLabeler
+
+            return MllmLabeler(s.labeler_model)
+        from auditoryhum.backends.yamnet import TaggerLabeler
+
+        return TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)
+
+    @cached_property
+    def scorer(self) -> Scorer:
+        s = self.settings
+        if s.scorer_model:
+            if self.on_triton:
+                from auditoryhum.backends.triton import TritonScorer
+
+                return self._triton_backend(TritonScorer, "clap_scorer")
+            from auditoryhum.backends.clap import ClapScorer
+
+            return ClapScorer(s.scorer_model, processor_path=s.scorer_processor,
+                              resample_via_16k=s.clap_resample_via_16k)
+        from auditoryhum.backends.tagbridge import TagBridgeScorer
+
+        # With the labeler, clips scored without their tags (a Score call on bare audio) are tagged first.
+        return TagBridgeScorer(self.embedder, self.tagger.model_id, self.tagger.class_names, labeler=self.labeler)
+
+    @property
+    def scorer_rate(self) -> int:
+        """The sample rate the aligner loads audio at: the scorer's own (CLAP), else the labeler's."""
+        return getattr(self.scorer, "sample_rate", None) or self.labeler.sample_rate
+
+    @cached_property
+    def namer(self) -> TextGenerator | None:
+        """The LLM writing composite labels; None: the most frequent labels name each cluster."""
+        if not self.settings.namer_model:
+            return None
+        if self.on_triton:
+            from auditoryhum.backends.triton import TritonGenerator
+
+            return self._triton_backend(TritonGenerator, "namer")
+        from auditoryhum.taxonomy.naming import TransformersGenerator
+
+        return TransformersGenerator(self.settings.namer_model)
+
+    def taxonomy_builder(self) -> TaxonomyBuilder:
+        s = self.settings
+        return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=s.k_max, lam=s.penalty_lambda,
+                               algorithm=s.algorithm, namer=self.namer, representation=s.representation)

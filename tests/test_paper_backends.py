@@ -1,0 +1,207 @@
+"""The paper's models as backends (MLLM labelers, CLAP scorers, an MPNet sentence embedder), run on tiny
+random-weight models of the same classes (tests/tiny_models.py) and real recordings: real processors, chat
+templates, batched generation and scoring, no model hub. Random weights write gibberish, so the labels are checked
+through the labeler stage: parsed into labels, or dead-lettered with the reason."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from auditoryhum import topics
+from auditoryhum.audio import Audio, load
+from auditoryhum.backends import BackendUnavailable, ScoreItem
+from auditoryhum.backends.clap import ClapScorer, LaionClapScorer, resample_for_clap
+from auditoryhum.backends.mllm import HINT_PREFIX, PROMPT_ID, USER_PROMPT, MllmLabeler
+from auditoryhum.backends.text import SentenceEmbedder
+from auditoryhum.labels import parse_labels
+from auditoryhum.stages.aligner import AlignerStage
+from auditoryhum.stages.labeler import HINT_KEY, LabelerStage
+from auditoryhum.v1 import pipeline_pb2 as pb
+from tests.conftest import LINCITY
+
+# Different lengths and source rates, so prompts differ in audio tokens and batches need padding.
+CLIPS = [LINCITY / name for name in ("Build1.wav", "CoalMine2.wav", "Blacksmith1.wav")]
+HINTS = ["", "a hammer striking an anvil", ""]
+FAMILIES = {"tiny_qwen2_audio": "qwen2_audio", "tiny_qwen2_5_omni": "qwen2_5_omni", "tiny_gemma3n": "gemma3n"}
+
+
+def load_clip(clip: pb.Clip, rate: int) -> Audio:
+    return load(clip.uri, rate)
+
+
+def clip_messages() -> list[pb.Clip]:
+    return [pb.Clip(clip_id=p.stem, uri=str(p), dataset="lincity", metadata={HINT_KEY: h} if h else {})
+            for p, h in zip(CLIPS, HINTS)]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def labeler(request) -> MllmLabeler:
+    # batch_size 2 with three clips: describe() splits a call into model batches
+    return MllmLabeler(str(request.getfixturevalue(request.param)), batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def audio(labeler) -> list[Audio]:
+    return [load(p, labeler.sample_rate) for p in CLIPS]
+
+
+def test_family_comes_from_the_checkpoint_config(labeler, request):
+    assert labeler.family == FAMILIES[request.node.callspec.params["labeler"]]
+    assert labeler.sample_rate == 16_000  # from the processor's feature extractor
+    assert labeler.prompt_id == PROMPT_ID and PROMPT_ID.startswith("word-pairs-")
+
+
+def test_hint_is_appended_to_the_prompt_and_prompts_are_left_padded(labeler, audio):
+    batch = labeler.inputs(audio, HINTS)
+    prompts = labeler.processor.tokenizer.batch_decode(batch["input_ids"])
+    assert all(USER_PROMPT in p for p in prompts)
+    assert f"{USER_PROMPT} {HINT_PREFIX}{HINTS[1]}" in prompts[1]
+    assert HINT_PREFIX not in prompts[0] and HINT_PREFIX not in prompts[2]
+    mask = batch["attention_mask"]
+    assert bool(mask[:, -1].all()) and not bool(mask.all())  # padding only on the left, where prompts are shorter
+
+
+def test_batched_generation_equals_one_by_one(labeler, audio):
+    batched = labeler.describe(audio, HINTS)
+    single = [labeler.describe([a], [h])[0] for a, h in zip(audio, HINTS)]
+    assert [d.raw_text for d in batched] == [d.raw_text for d in single]
+    assert all(isinstance(d.raw_text, str) and d.tags == [] for d in batched)
+
+
+def test_labeler_stage_parses_the_text_or_dead_letters_it(labeler):
+    clips = clip_messages()
+    for clip, outs in zip(clips, LabelerStage(labeler, load_clip).handle_batch(clips)):
+        (out,) = outs
+        if out.topic == topics.LABELS:
+            proposal = out.message
+            assert proposal.labels and list(proposal.labels) == parse_labels(proposal.raw_text)
+            assert proposal.model_id == labeler.model_id and proposal.prompt_id == PROMPT_ID
+            assert proposal.hint == clip.metadata.get(HINT_KEY, "")
+        else:
+            assert out.topic == topics.DLQ and out.message.reason.startswith("no usable label in model output")
+
+
+def test_omni_thinker_saved_alone_loads_like_the_released_layout(tiny_qwen2_5_omni, tmp_path):
+    released = MllmLabeler(str(tiny_qwen2_5_omni))  # weights under thinker., talker disabled
+    released.model.save_pretrained(tmp_path)
+    released.processor.save_pretrained(tmp_path)
+    alone = MllmLabeler(str(tmp_path))
+    assert alone.model.config.model_type == "qwen2_5_omni_thinker" and alone.family == "qwen2_5_omni"
+    clip = [load(CLIPS[0], alone.sample_rate)]
+    assert alone.describe(clip) == released.describe(clip)
+
+
+def test_mllm_refuses_what_this_machine_cannot_do(tiny_qwen2_audio):
+    with pytest.raises(ValueError, match="unknown MLLM family"):
+        MllmLabeler(str(tiny_qwen2_audio), family="whisper")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="4-bit loading needs a CUDA device"):
+            MllmLabeler(str(tiny_qwen2_audio), load_in_4bit=True)
+
+
+@pytest.fixture(scope="module")
+def clap(tiny_clap) -> ClapScorer:
+    return ClapScorer(str(tiny_clap))
+
+
+def score_items(rate: int) -> list[ScoreItem]:
+    labels = [["car horn", "rain falling"], [], ["rain falling", "hammer", "car horn"]]
+    return [ScoreItem(l, audio=partial(load, p, rate)) for p, l in zip(CLIPS, labels)]
+
+
+def test_clap_scores_every_label_and_batches_like_single_items(clap):
+    items = score_items(clap.sample_rate)
+    batched = clap.score_batch(items)
+    for item, result in zip(items, batched):
+        assert result.scores.shape == (len(item.labels),)
+        assert np.all(np.abs(result.scores) <= 1.0)
+        assert np.isclose(np.linalg.norm(result.audio_embedding), 1.0, atol=1e-5)
+        (single,) = clap.score_batch([item])
+        np.testing.assert_allclose(result.scores, single.scores, atol=1e-5)
+        np.testing.assert_allclose(result.audio_embedding, single.audio_embedding, atol=1e-5)
+    assert clap.sample_rate == 48_000 and clap.scorer_id == f"clap({clap.model_id})"
+
+
+def test_clap_runs_in_the_aligner_stage(clap):
+    proposal = pb.LabelProposal(clip=clip_messages()[0], model_id="m", labels=["car horn", "hammer"])
+    (out,) = AlignerStage(clap, load_clip, clap.sample_rate).handle(proposal)
+    alignment = out.message
+    assert out.topic == topics.ALIGNMENTS and alignment.scorer_id == clap.scorer_id
+    assert [s.label for s in alignment.scores] == ["car horn", "hammer"] and -1 <= alignment.best_score <= 1
+    with pytest.raises(ValueError, match="without it"):  # CLAP cannot score labels alone; the stage dead-letters
+        clap.score_batch([ScoreItem(["car horn"])])
+
+
+def test_resampling_via_16k_keeps_nothing_above_8k(tiny_clap):
+    noise = Audio(np.random.default_rng(0).uniform(-0.5, 0.5, 48_000).astype(np.float32), 48_000, 48_000, 1)
+
+    def share_above_8k(samples: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(samples)) ** 2
+        return float(power[np.fft.rfftfreq(len(samples), 1 / 48_000) > 8_500].sum() / power.sum())
+
+    assert share_above_8k(resample_for_clap(noise, 48_000, via_16k=False)) > 0.5
+    assert share_above_8k(resample_for_clap(noise, 48_000, via_16k=True)) < 1e-3
+    authors = ClapScorer(str(tiny_clap), resample_via_16k=True)
+    assert authors.sample_rate == 16_000 and "via 16 kHz" in authors.scorer_id
+    for result in authors.score_batch(score_items(authors.sample_rate)):
+        assert np.all(np.abs(result.scores) <= 1.0)
+
+
+def test_laion_clap_needs_a_checkpoint_file_and_the_package(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError):
+        LaionClapScorer(tmp_path / "missing.pt")
+    checkpoint = tmp_path / "human_clap.pt"
+    checkpoint.write_bytes(b"not used")
+    monkeypatch.setitem(sys.modules, "laion_clap", None)  # what a missing package looks like to `import`
+    with pytest.raises(BackendUnavailable, match="needs the `laion_clap` package"):
+        LaionClapScorer(checkpoint)
+    # The real package fetches tokenizers from the hub when imported; offline that raises OSError.
+    monkeypatch.delitem(sys.modules, "laion_clap")
+    (tmp_path / "laion_clap.py").write_text("raise OSError(\"We couldn't connect to 'https://huggingface.co'\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendUnavailable, match="fetches its tokenizers from the Hugging Face hub"):
+        LaionClapScorer(checkpoint)
+
+
+def test_sentence_embedder_loads_a_local_mpnet_folder(tiny_sentence_model):
+    embedder = SentenceEmbedder(str(tiny_sentence_model), model_id="all-mpnet-base-v2 (tiny)")
+    vectors = embedder.embed(["car horn", "rain falling", "car horn"])
+    assert vectors.shape == (3, embedder.dimension) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_the_paper_profile_runs_the_whole_embedded_pipeline(tmp_path, tiny_qwen2_5_omni, tiny_clap,
+                                                            tiny_sentence_model, traffic_clips):
+    """--profile paper with the tiny stand-ins: the MLLM labels, CLAP scores, mpnet embeds, end to end."""
+    import json
+
+    from auditoryhum.backends.clap import ClapScorer
+    from auditoryhum.backends.mllm import MllmLabeler
+    from auditoryhum.config import Settings
+    from auditoryhum.models import Models
+    from auditoryhum.pipeline import run
+
+    settings = Settings(profile="paper", labeler_model=str(tiny_qwen2_5_omni), scorer_model=str(tiny_clap),
+                        scorer_processor=str(tiny_clap),
+                        embedder_path=str(tiny_sentence_model), k_max=3)
+    models = Models(settings)
+    assert isinstance(models.labeler, MllmLabeler) and isinstance(models.scorer, ClapScorer)
+    assert models.scorer_rate == models.scorer.sample_rate != models.labeler.sample_rate  # 48 kHz vs 16 kHz
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for clip in traffic_clips[:4]:
+        (audio / clip.name).symlink_to(clip)
+    summary = run(audio, tmp_path / "out", settings, models=models).summary
+    assert summary["labelled"] + summary["dead_letters"] == 4
+    assert summary["labelled"] >= 1
+    for row in (tmp_path / "out" / "alignments.csv").read_text().splitlines()[1:]:
+        assert -1.0 <= float(row.split(",")[2]) <= 1.0
+    assert json.loads((tmp_path / "out" / "taxonomy.json").read_text())["embedder"] == tiny_sentence_model.name
