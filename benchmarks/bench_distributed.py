@@ -1,10 +1,11 @@
-"""Distributed mode (Kafka + the four services) against the embedded mode, on the same clips in the same run.
+"""Distributed mode (Kafka + Triton + the four services) against the embedded mode, same clips, same run.
 
     python benchmarks/bench_distributed.py --clips 1200
 
 Both rows are wall-clock from the first clip handed over to the taxonomy built, models already loaded: the
-embedded run in this process; the distributed run from `auditoryhum ingest` to the clusterer's taxonomy, with
-Kafka and the four service processes (started beforehand, not timed) sharing this machine's cores.
+embedded run in this process with in-process models; the distributed run from `auditoryhum ingest` to the
+clusterer's taxonomy, with Kafka, Triton (serving YAMNet and MiniLM) and the four service processes (started
+beforehand, not timed) sharing this machine's cores.
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ def main() -> None:
     for col in ("mode", "seconds", "clips/s", "× embedded"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     table.add_row("embedded: auditoryhum run (one process)", f"{embedded_s:.2f}", f"{n / embedded_s:.1f}", "1.00")
-    table.add_row("distributed: Kafka + 4 services, ingest → taxonomy", f"{distributed_s:.2f}",
+    table.add_row("distributed: Kafka + Triton + 4 services, ingest → taxonomy", f"{distributed_s:.2f}",
                   f"{n / distributed_s:.1f}", f"{embedded_s / distributed_s:.2f}")
     table.add_row("  of which: auditoryhum ingest (publish every clip)", f"{ingest_s:.2f}", f"{n / ingest_s:.0f}", "")
-    table.add_row("  not timed: Kafka + services start-up", f"{startup_s:.1f}", "", "")
+    table.add_row("  not timed: Kafka + Triton + services start-up", f"{startup_s:.1f}", "", "")
     Console().print(table)
 
 

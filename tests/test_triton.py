@@ -218,9 +218,11 @@ def test_clap_via_16k_through_triton_scores_as_in_process(client, loaded, tiny_c
         np.testing.assert_allclose(mine.scores, theirs.scores, rtol=0, atol=1e-5)
 
 
-def test_mllm_through_triton_describes_as_in_process(client, loaded, tiny_qwen2_audio, clips):
-    loaded("mllm_labeler", model_path=str(tiny_qwen2_audio), max_new_tokens="8")
-    local = MllmLabeler(str(tiny_qwen2_audio), device="cpu", max_new_tokens=8)
+@pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni", "gemma3n"])
+def test_mllm_through_triton_describes_as_in_process(client, loaded, clips, family, request):
+    checkpoint = request.getfixturevalue(f"tiny_{family}")
+    loaded("mllm_labeler", model_path=str(checkpoint), max_new_tokens="8")
+    local = MllmLabeler(str(checkpoint), device="cpu", max_new_tokens=8)
     remote = triton.TritonLabeler(client)
     assert (remote.model_id, remote.prompt_id, remote.sample_rate) == (local.model_id, local.prompt_id,
                                                                        local.sample_rate)

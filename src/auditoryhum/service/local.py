@@ -85,9 +85,9 @@ class LocalStack:
             self._triton("stop")
 
     def kill_triton(self) -> None:
-        """SIGKILL the Triton server (the crash test); ``start_triton`` brings it back."""
+        """SIGKILL the Triton server and its backend stubs (the crash test); ``start_triton`` brings it back."""
         pid = int((self.home / "triton" / "tritonserver.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)  # scripts/triton.sh starts it as a session leader: the group is all of it
         while _alive(pid):
             time.sleep(0.1)
 
