@@ -7,6 +7,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/pidfile.sh
+. "$ROOT/scripts/pidfile.sh"
 LIB=$ROOT/deploy/kafka/lib
 PORT=${KAFKA_PORT:-19092}
 CPORT=${KAFKA_CONTROLLER_PORT:-19093}
@@ -129,13 +131,7 @@ start() {
 
 stop() {
   if ! pid_alive; then rm -f "$PIDFILE"; echo "kafka: not running"; return 0; fi
-  local pid; pid=$(cat "$PIDFILE")
-  kill -TERM "$pid"
-  # A single node shuts down in a few seconds; KILL only if it hangs.
-  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then echo "kafka: pid $pid ignored TERM for 30s, killing" >&2; kill -KILL "$pid"; fi
-  rm -f "$PIDFILE"
-  echo "kafka: stopped (pid $pid)"
+  stop_by_pidfile kafka "$PIDFILE" 30  # a single node shuts down in a few seconds
 }
 
 status() {

@@ -9,6 +9,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/pidfile.sh
+. "$ROOT/scripts/pidfile.sh"
 HTTP_PORT=${TRITON_HTTP_PORT:-18000}
 GRPC_PORT=${TRITON_GRPC_PORT:-18001}
 METRICS_PORT=${TRITON_METRICS_PORT:-18002}
@@ -106,13 +108,7 @@ start() {
 
 stop() {
   if ! pid_alive; then rm -f "$PIDFILE"; echo "triton: not running"; return 0; fi
-  local pid; pid=$(cat "$PIDFILE")
-  kill -TERM "$pid"
-  # Triton drains in-flight requests and unloads the models (--exit-timeout-secs); KILL only if it hangs.
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then echo "triton: pid $pid ignored TERM for 20s, killing" >&2; kill -KILL "$pid"; fi
-  rm -f "$PIDFILE"
-  echo "triton: stopped (pid $pid)"
+  stop_by_pidfile triton "$PIDFILE" 20  # Triton drains in-flight requests and unloads its models first
 }
 
 status() {
