@@ -13,8 +13,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kafka.errors import KafkaError
-
 from auditoryhum.audio import AUDIO_EXTENSIONS, AudioError
 from auditoryhum.backends import ScoreItem
 from auditoryhum.config import Settings
@@ -38,6 +36,8 @@ def _settings(cls: type[Settings] = Settings, **overrides) -> Settings:
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # kafka-python logs every failed connection attempt; the command reports the outcome itself
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 @app.command()
@@ -157,8 +157,8 @@ def ingest_command(
             bus.publish(topics.CLIPS, clip.clip_id, clip)
         bus.flush()
         bus.close()
-    except (BusError, KafkaError) as exc:
-        typer.echo(f"Kafka at {bootstrap}: {exc}", err=True)
+    except BusError as exc:
+        typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps({"dataset": dataset, "clips": len(found.files),
                            "skipped_files": [str(p) for p in found.skipped]}))

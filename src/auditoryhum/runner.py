@@ -91,16 +91,17 @@ class StageWorker:
             return [[dead_letter(self.stage.name, f"{type(exc).__name__}: {exc}", messages[0])]]
 
     def _with_retries(self, messages: Sequence) -> list[list[Out]]:
-        for attempt in range(self.max_retries):
+        attempt = 0
+        while True:
             try:
                 with self.stage.transaction():  # nested: a failed attempt leaves no state behind
                     return self.stage.handle_batch(messages)
             except TransientError as exc:
-                log.warning("%s: transient error, retry %d/%d: %s", self.stage.name, attempt + 1,
-                            self.max_retries, exc)
-                time.sleep(self.backoff_s * 2**attempt)
-        with self.stage.transaction():
-            return self.stage.handle_batch(messages)
+                if attempt == self.max_retries:
+                    raise
+                attempt += 1
+                log.warning("%s: transient error, retry %d/%d: %s", self.stage.name, attempt, self.max_retries, exc)
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
     def _publish(self, outs: Sequence[Out]) -> None:
         for out in outs:

@@ -30,8 +30,11 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, tim
     """Create the topics that are missing and wait until every one has a leader (services starting side by side
     race to create them); returns those this call created. Existing topics are left as they are."""
     topics = sorted(set(topics))
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-admin",
-                             request_timeout_ms=int(timeout_s * 1000))
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-admin",
+                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         created = []
         for topic in sorted(set(topics) - set(admin.list_topics())):

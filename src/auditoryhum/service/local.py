@@ -30,15 +30,14 @@ SERVICES = tuple(DEFAULT_PORTS)
 
 class LocalStack:
     def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
-                 triton_port: int | None = 18000, env: dict[str, str] | None = None):
+                 triton_port: int | None = 18000):
         """``triton_port``: Triton's HTTP port (gRPC and metrics on the next two); None runs the models inside
         each service instead."""
         self.home = home.resolve()
         self.kafka_port, self.port_base, self.metrics_base = kafka_port, port_base, metrics_base
         self.triton_port = triton_port
-        self.env = env or {}
-        if triton_port is not None:
-            self.env = {"AUDITORYHUM_BACKEND": "triton", "AUDITORYHUM_TRITON_URL": self.triton_url, **self.env}
+        # The services' models: on this stack's Triton, or in each service.
+        self.env = {"AUDITORYHUM_BACKEND": "triton", "AUDITORYHUM_TRITON_URL": self.triton_url} if triton_port else {}
         self.home.mkdir(parents=True, exist_ok=True)
 
     @property

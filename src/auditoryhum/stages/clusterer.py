@@ -74,13 +74,13 @@ class ClustererStage(Stage):
         """Build (or rebuild, e.g. with other settings) the dataset's taxonomy from the labels collected so far."""
         builder = builder or self.builder
         with self.store.transaction() as db:
-            if builder.representation == "class-vector":
-                rows = db.execute(select(cluster_labels.c.clip_id, cluster_labels.c.label,
-                                         cluster_labels.c.audio_embedding)
-                                  .where(cluster_labels.c.dataset == dataset,
-                                         cluster_labels.c.audio_embedding.is_not(None))
-                                  .order_by(cluster_labels.c.clip_id)).all()
-            if builder.representation == "class-vector" and rows:
+            rows = db.execute(select(cluster_labels.c.clip_id, cluster_labels.c.label,
+                                     cluster_labels.c.audio_embedding)
+                              .where(cluster_labels.c.dataset == dataset,
+                                     cluster_labels.c.audio_embedding.is_not(None))
+                              .order_by(cluster_labels.c.clip_id)).all() \
+                if builder.representation == "class-vector" else []
+            if rows:
                 taxonomy = builder.build_class_vectors(
                     dataset, [r.clip_id for r in rows], [r.label for r in rows],
                     np.stack([np.frombuffer(r.audio_embedding, dtype=np.float32) for r in rows]))
