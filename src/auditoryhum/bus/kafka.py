@@ -115,28 +115,32 @@ class KafkaBus:
 
 class KafkaBusConsumer(ConsumerRebalanceListener):
     def __init__(self, bus: KafkaBus, group: str, topics: Sequence[str]):
-        extra = {"group_instance_id": f"{group}-{bus.instance_id}"} if bus.instance_id else {}
+        self.bus, self.group, self.topics = bus, group, list(topics)
+        self._next: dict[TopicPartition, int] = {}  # first offset not yet acknowledged, per partition
+        self._acked: dict[TopicPartition, set[int]] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._consumer = self._connect()
+
+    def _connect(self) -> KafkaConsumer:
+        bus = self.bus
+        extra = {"group_instance_id": f"{self.group}-{bus.instance_id}"} if bus.instance_id else {}
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=bus.bootstrap, client_id=bus.client_id, group_id=group,
+            consumer = KafkaConsumer(
+                bootstrap_servers=bus.bootstrap, client_id=bus.client_id, group_id=self.group,
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=bus.session_timeout_ms, heartbeat_interval_ms=bus.session_timeout_ms // 4,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                 metadata_max_age_ms=10_000, **extra)  # sees new partitions within seconds, not 5 minutes
         except KafkaError as exc:
             raise BusError(f"cannot reach Kafka at {bus.bootstrap}: {exc}") from exc
-        self.group = group
-        # Partition metadata first: joining without it assigns nothing and forces an immediate second rebalance,
-        # the moment kafka-python 3.0's heartbeat loop can switch itself off for good (see _keep_heartbeat).
-        for topic in topics:
-            self._consumer.partitions_for_topic(topic)
-        self._consumer.subscribe(list(topics), listener=self)
-        self._next: dict[TopicPartition, int] = {}  # first offset not yet acknowledged, per partition
-        self._acked: dict[TopicPartition, set[int]] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        # Partition metadata first: joining without it assigns nothing and forces an immediate second rebalance.
+        for topic in self.topics:
+            consumer.partitions_for_topic(topic)
+        consumer.subscribe(self.topics, listener=self)
+        return consumer
 
     def poll(self, max_records: int = 64, timeout_s: float = 0.0) -> list[Record]:
-        self._keep_heartbeat()
+        self._check_membership()
         self.commit()
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -149,14 +153,25 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
             out += [_record(r) for r in records]
         return out
 
-    def _keep_heartbeat(self) -> None:
-        """Work around a race in kafka-python 3.0.12: its heartbeat loop may disable heartbeats ("group not
-        stable") just after a rejoin enabled them, leaving a stable member that never heartbeats; the broker then
-        drops it and the consumer idles forever. A stable member must heartbeat, so switch it back on."""
+    def _check_membership(self) -> None:
+        """Work around kafka-python 3.0.12: right after a quick rejoin its heartbeat loop can stop for good; the
+        broker drops the member after the session timeout and the consumer idles forever, believing itself a
+        stable member. Such a member, with no heartbeat answered for a whole session, is rebuilt: it commits
+        what it finished, reconnects and rejoins (under the same static id, if it has one)."""
         coordinator = getattr(self._consumer, "_coordinator", None)
-        if coordinator is not None and coordinator.stable() and not getattr(coordinator, "_heartbeat_enabled", True):
-            log.warning("%s: heartbeats were off in a stable group; re-enabling them", self.group)
-            coordinator._enable_heartbeat()
+        heartbeat = getattr(coordinator, "heartbeat", None)
+        if heartbeat is None or not coordinator.stable():
+            return
+        silent_s = time.monotonic() - max(heartbeat.last_receive, heartbeat.last_reset)
+        if silent_s > self.bus.session_timeout_ms / 1000:
+            log.warning("%s: no heartbeat answered for %.0f s; rejoining the group", self.group, silent_s)
+            try:
+                self.commit()
+            except BusError as exc:  # what was not committed is read again: replays are harmless
+                log.warning("%s: %s", self.group, exc)
+            self._consumer.close(autocommit=False)
+            self._next, self._acked, self._committed = {}, {}, {}
+            self._consumer = self._connect()
 
     def ack(self, record: Record) -> None:
         tp = TopicPartition(record.topic, record.partition)
@@ -202,12 +217,9 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
         finally:
             self._consumer.close(autocommit=False)
 
-    # ConsumerRebalanceListener: hand over what was finished, forget what is no longer ours.
+    # ConsumerRebalanceListener. It runs on kafka-python's IO thread, where a blocking commit is refused; the
+    # finished offsets were committed at the last poll, and anything after them is re-read by the new owner.
     def on_partitions_revoked(self, revoked) -> None:
-        try:
-            self.commit()
-        except BusError as exc:
-            log.warning("%s: %s", self.group, exc)
         for tp in revoked:
             self._next.pop(tp, None), self._acked.pop(tp, None), self._committed.pop(tp, None)
 
