@@ -12,6 +12,7 @@ import soundfile as sf
 from auditoryhum.config import Settings
 from auditoryhum.models import Models
 from auditoryhum.service.local import LocalStack
+from tests.kube_apiserver import ApiServer
 
 LINCITY = Path("/usr/share/games/lincity-ng/sounds")
 SIMUTRANS = Path("/usr/share/games/simutrans/pak/sound")
@@ -27,10 +28,19 @@ def models() -> Models:
 def kafka(tmp_path_factory) -> Iterator[LocalStack]:
     """A real Apache Kafka broker (scripts/kafka.sh) on its own ports, for the whole session."""
     stack = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=29092, port_base=29151, metrics_base=29161,
-                       triton_port=29100)
+                       triton_port=29100, ui_port=29171)
     stack.start_kafka()
     yield stack
     stack.down()
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver(tmp_path_factory) -> Iterator[ApiServer]:
+    """A real kube-apiserver (and etcd) on loopback for the whole session; its kubeconfig is ``.kubeconfig``."""
+    server = ApiServer(tmp_path_factory.mktemp("kube"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +85,22 @@ tiny_qwen2_audio = _tiny_model("qwen2_audio")
 tiny_qwen2_5_omni = _tiny_model("qwen2_5_omni")
 tiny_gemma3n = _tiny_model("gemma3n")
 tiny_sentence_model = _tiny_model("sentence_model")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (tests/postgres.py) for the whole session: the URL of its `postgres` database."""
+    from tests.postgres import PostgresServer
+
+    with PostgresServer(port=25432) as server:
+        yield server.url()
+
+
+@pytest.fixture
+def postgres_db(postgres_url) -> Iterator[str]:
+    """A fresh empty database on the session's PostgreSQL server, dropped after the test: its URL."""
+    from tests.postgres import create_database, drop_database
+
+    url = create_database(postgres_url)
+    yield url
+    drop_database(url)

@@ -178,6 +178,10 @@ def test_every_service_reports_health_reflection_and_metrics(stack):
         text = urllib.request.urlopen(f"http://{stack.metrics_address(name)}/metrics", timeout=5).read().decode()
         for family in ("auditoryhum_records_in_total", "auditoryhum_batch_seconds_bucket", "auditoryhum_consumer_lag"):
             assert f"{family}{{" in text, (name, family)
+    # The review service also serves its web UI: the sign-in page, under the UI's security headers.
+    page = urllib.request.urlopen(f"http://127.0.0.1:{stack.ui_port}/signin", timeout=5)
+    assert page.status == 200 and "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert 'name="csrf"' in page.read().decode()
 
 
 def test_a_malformed_record_goes_to_the_dlq_and_the_service_keeps_running(stack, tmp_path):

@@ -15,6 +15,7 @@ from auditoryhum import topics
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
 from auditoryhum.pipeline import audio_limits, audio_loader
+from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker
 from auditoryhum.service import grpc_server
 from auditoryhum.service.grpc_api import (AlignerServicer, ClustererServicer, LabelerServicer, ReviewServicer,
@@ -61,7 +62,7 @@ def channel(models, clusterer, review):
          AlignerServicer(AlignerStage(models.scorer, load_audio, models.labeler.sample_rate), limits)),
         (api_grpc.add_ClustererServiceServicer_to_server,
          ClustererServicer(clusterer, models.embedder, make_builder)),
-        (api_grpc.add_ReviewServiceServicer_to_server, ReviewServicer(review)),
+        (api_grpc.add_ReviewServiceServicer_to_server, ReviewServicer(ReviewDesk(review))),
     ], port=0, max_message_mb=MAX_MESSAGE_MB, workers=4)
     server.start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -269,20 +270,63 @@ def test_review_lists_tasks_worst_first_and_takes_each_decision_once(channel, re
     rest = stub.ListTasks(api.ListTasksRequest(dataset="review-api", page_token=first.next_page_token))
     assert [t.alignment.clip.clip_id for t in rest.tasks] == ["r1"] and not rest.next_page_token  # r2 scored 0.9
 
-    task_id = first.tasks[0].task_id
-    correct = pb.ReviewDecision(task_id=task_id, action=pb.REVIEW_ACTION_CORRECT, label="Dog barking!!", reviewer="a")
-    answer = stub.SubmitDecision(api.SubmitDecisionRequest(decision=correct))
-    assert answer.final_label.label == "dog barking" and answer.final_label.source == pb.LABEL_SOURCE_HUMAN
-    with pytest.raises(grpc.RpcError) as again:  # decided: a second submission finds no pending task
-        stub.SubmitDecision(api.SubmitDecisionRequest(decision=correct))
-    assert again.value.code() == grpc.StatusCode.NOT_FOUND
-    finals = [r.message() for r in review.bus._topics[topics.FINAL_LABELS][0].records] + [
-        r.message() for p in review.bus._topics[topics.FINAL_LABELS][1:] for r in p.records]
-    assert [f.label for f in finals if isinstance(f, pb.FinalLabel) and f.clip.clip_id == "r0"] == ["dog barking"]
+    task_id, other = first.tasks[0].task_id, rest.tasks[0].task_id
+    held = stub.GetTask(api.GetTaskRequest(task_id=task_id, reviewer="ann")).task
+    assert held.lease_owner == "ann" and held.lease_expires.seconds > 0
+    with pytest.raises(grpc.RpcError) as busy:  # one reviewer per task
+        stub.GetTask(api.GetTaskRequest(task_id=task_id, reviewer="bob"))
+    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "ann" in busy.value.details()
+    accept = pb.ReviewDecision(task_id=task_id, action=pb.REVIEW_ACTION_ACCEPT, reviewer="bob")
+    with pytest.raises(grpc.RpcError) as busy:
+        stub.SubmitDecision(api.SubmitDecisionRequest(decision=accept))
+    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    accept.reviewer = "ann"
+    answer = stub.SubmitDecision(api.SubmitDecisionRequest(decision=accept))
+    assert (answer.final_label.label, answer.final_label.source, answer.clip_status) == (
+        "label 0", pb.LABEL_SOURCE_HUMAN, "final")
+    again = stub.SubmitDecision(api.SubmitDecisionRequest(decision=accept))  # idempotent: nothing happens twice
+    assert again.duplicate and not again.HasField("final_label")
+    correct = pb.ReviewDecision(task_id=other, action=pb.REVIEW_ACTION_CORRECT, label="Dog barking!!", reviewer="bob")
+    answer = stub.SubmitDecision(api.SubmitDecisionRequest(decision=correct))  # a free task: no lease needed
+    assert answer.clip_status == "rescoring" and not answer.HasField("final_label")
+    published = {t: [r.message() for p in review.bus._topics[t] for r in p.records]
+                 for t in (topics.FINAL_LABELS, topics.LABELS)}
+    finals = {f.clip.clip_id: f.label for f in published[topics.FINAL_LABELS] if isinstance(f, pb.FinalLabel)}
+    assert finals == {"r0": "label 0", "r2": "label 2"}  # r2 scored above the threshold: never a task
+    assert [list(p.labels) for p in published[topics.LABELS]] == [["dog barking"]]  # to the aligner, to be scored
+    stats = stub.GetStats(api.GetStatsRequest(dataset="review-api")).stats
+    assert (stats.pending, stats.decided, stats.accepted, stats.corrected, stats.awaiting_score) == (0, 2, 1, 1, 1)
+    assert stats.mean_score_before == pytest.approx(0.2) and stats.scored_after == 1
+    with pytest.raises(grpc.RpcError) as gone:
+        stub.GetTask(api.GetTaskRequest(task_id=task_id))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
     for bad, words in ((pb.ReviewDecision(action=pb.REVIEW_ACTION_ACCEPT), "task_id"),
                        (pb.ReviewDecision(task_id="r1/review"), "action"),
-                       (pb.ReviewDecision(task_id="r1/review", action=pb.REVIEW_ACTION_CORRECT, label="!!!"), "label")):
+                       (pb.ReviewDecision(task_id="r1/review", action=pb.REVIEW_ACTION_CORRECT, label="!!!"), "label"),
+                       (pb.ReviewDecision(task_id="r1/review", action=pb.REVIEW_ACTION_ACCEPT), "reviewer"),
+                       (pb.ReviewDecision(task_id="r1/review", action=pb.REVIEW_ACTION_RELABEL, reviewer="a"), "hint")):
         with pytest.raises(grpc.RpcError) as err:
             stub.SubmitDecision(api.SubmitDecisionRequest(decision=bad))
         assert err.value.code() == INVALID and words in err.value.details()
+
+
+def test_a_token_guards_every_call_but_health_checks(review):
+    server, health, port = grpc_server.build_server(
+        [(api_grpc.add_ReviewServiceServicer_to_server, ReviewServicer(ReviewDesk(review)))],
+        port=0, max_message_mb=MAX_MESSAGE_MB, workers=2, token="s3cret")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = api_grpc.ReviewServiceStub(ch)
+            for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", "s3cret")]):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.GetStats(api.GetStatsRequest(), metadata=metadata, timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.GetStats(api.GetStatsRequest(), metadata=[("authorization", "Bearer s3cret")], timeout=5)
+            probe = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert probe.status == health_pb2.HealthCheckResponse.SERVING  # probes carry no secret
+    finally:
+        grpc_server.stop(server, health, grace_s=0).wait()
+    with pytest.raises(ValueError, match="without an auth token"):
+        grpc_server.build_server([], port=0, host="0.0.0.0", max_message_mb=1)

@@ -12,7 +12,7 @@ from auditoryhum.pipeline import audio_loader
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import HINT_KEY, LabelerStage
-from auditoryhum.stages.review import ReviewPolicy, ReviewStage
+from auditoryhum.stages.review import HUMAN_MODEL_ID, ReviewPolicy, ReviewStage
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.v1 import pipeline_pb2 as pb
 from tests.conftest import SIMUTRANS, write_bad_files
@@ -134,16 +134,23 @@ def test_review_threshold_mode_streams_and_human_decisions_become_final_labels()
     tasks = [by_topic(stage.handle(alignment(c, 0.1)))[topics.REVIEW_TASKS][0] for c in ("a", "b", "c")]
     assert not by_topic(stage.handle(alignment("a", 0.1)))  # replay
     correct = pb.ReviewDecision(task_id=tasks[0].task_id, action=pb.REVIEW_ACTION_CORRECT, label="Police SIREN!!")
-    final = by_topic(stage.handle(correct))[topics.FINAL_LABELS][0]
-    assert (final.label, final.source) == ("police siren", pb.LABEL_SOURCE_HUMAN)
+    rescore = by_topic(stage.handle(correct))[topics.LABELS][0]  # the aligner scores the correction first
+    assert (rescore.model_id, list(rescore.labels), rescore.clip.clip_id) == (HUMAN_MODEL_ID, ["police siren"], "a")
     assert stage.handle(correct) == []  # decisions are idempotent
+    final = by_topic(stage.handle(pb.Alignment(clip=rescore.clip, model_id=HUMAN_MODEL_ID, best_label="police siren",
+                                               best_score=0.7)))[topics.FINAL_LABELS][0]
+    assert (final.label, final.source, final.review_action) == ("police siren", pb.LABEL_SOURCE_HUMAN,
+                                                                pb.REVIEW_ACTION_CORRECT)
+    assert (final.score, final.final_score) == (pytest.approx(0.1), pytest.approx(0.7))  # before, after
     assert stage.handle(pb.ReviewDecision(task_id=tasks[1].task_id, action=pb.REVIEW_ACTION_UNUSABLE)) == []
     back = by_topic(stage.handle(pb.ReviewDecision(task_id=tasks[2].task_id, action=pb.REVIEW_ACTION_RELABEL,
                                                    hint="a dog barks")))
     assert back[topics.CLIPS][0].metadata[HINT_KEY] == "a dog barks" and topics.FINAL_LABELS not in back
     done = by_topic(stage.handle(alignment("c", 0.2, label="dog bark")))[topics.FINAL_LABELS]
-    assert done[0].label == "dog bark"
-    assert done[1] == pb.DatasetSealed(dataset="d", final_labels=3, dead_letters=0)
+    assert (done[0].label, done[0].source, done[0].review_action) == ("dog bark", pb.LABEL_SOURCE_MODEL,
+                                                                       pb.REVIEW_ACTION_RELABEL)
+    assert (done[0].score, done[0].final_score) == (pytest.approx(0.1), pytest.approx(0.2))
+    assert done[1] == pb.DatasetSealed(dataset="d", final_labels=3, dead_letters=0, removed=1)
 
 
 def test_clusterer_builds_once_the_dataset_is_sealed(models):

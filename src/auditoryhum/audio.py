@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import fsspec
 import numpy as np
 import soundfile as sf
 import soxr
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"})
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class AudioError(ValueError):
@@ -43,16 +46,37 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
+def is_url(uri: str | Path) -> bool:
+    """Whether ``uri`` names an object for fsspec (``s3://…``, ``gs://…``, ``file://…``) rather than a path."""
+    return isinstance(uri, str) and bool(_URL.match(uri))
+
+
 def probe(path: str | Path) -> sf._SoundFileInfo:
-    """Header facts (rate, channels, frames) without decoding the samples."""
+    """Header facts (rate, channels, frames) without decoding the samples; a URL's object is read only as far as
+    its header."""
+    if not is_url(path):
+        return _info(str(path))
     try:
-        return sf.info(str(path))
+        fs, key = fsspec.core.url_to_fs(path)
+        f = fs.open(key, "rb")
+    except (OSError, ValueError, ImportError) as exc:
+        raise AudioError(f"cannot open: {_short(exc)}") from exc
+    with f:
+        return _info(f)
+
+
+def _info(source: str | BinaryIO) -> sf._SoundFileInfo:
+    try:
+        return sf.info(source)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"not readable as audio: {_short(exc)}") from exc
 
 
 def load(path: str | Path, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:
-    """Decode ``path`` to mono float32 at ``rate`` Hz, checking size, length and content first."""
+    """Decode ``path`` (a file, or any fsspec URL) to mono float32 at ``rate`` Hz, checking size, length and
+    content first."""
+    if is_url(path):
+        return load_bytes(_read_url(path, limits), rate, limits)
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -66,11 +90,31 @@ def load_bytes(data: bytes, rate: int, limits: AudioLimits = AudioLimits()) -> A
     return _decode(io.BytesIO(data), len(data), rate, limits)
 
 
-def _decode(source: str | BinaryIO, size: int, rate: int, limits: AudioLimits) -> Audio:
+def _read_url(url: str, limits: AudioLimits) -> bytes:
+    """The bytes of the object at ``url``, its size checked before anything is downloaded."""
+    try:
+        fs, key = fsspec.core.url_to_fs(url)
+        size = fs.size(key)
+    except (OSError, ValueError, ImportError) as exc:  # missing object, unknown protocol, driver not installed
+        raise AudioError(f"cannot open: {_short(exc)}") from exc
+    if size is not None:
+        _check_size(size, limits)
+    try:
+        with fs.open(key, "rb") as f:
+            return f.read(limits.max_file_bytes + 1)  # a store that gives no size still cannot overrun the limit
+    except (OSError, ValueError) as exc:
+        raise AudioError(f"cannot read: {_short(exc)}") from exc
+
+
+def _check_size(size: int, limits: AudioLimits) -> None:
     if size == 0:
         raise AudioError("empty file (0 bytes)")
     if size > limits.max_file_bytes:
         raise AudioError(f"file too large: {size} bytes > limit {limits.max_file_bytes}")
+
+
+def _decode(source: str | BinaryIO, size: int, rate: int, limits: AudioLimits) -> Audio:
+    _check_size(size, limits)
     try:
         # One open serves the header checks and the decode, so an in-memory source is never rewound.
         f = sf.SoundFile(source)

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     # review
     review_fraction: float = Field(0.01, gt=0, le=1, description="lowest fraction of clip scores reviewed")
     review_threshold: float | None = Field(None, description="absolute score below which clips are reviewed")
+    review_lease_s: float = Field(300.0, gt=0, description="how long a reviewer holds a task before it is free again")
     # text embeddings (labels and tag names)
     embedder_path: str | None = Field(None, description="local sentence-transformers folder, e.g. all-mpnet-base-v2; "
                                                         "default: the all-MiniLM-L6-v2 shipped in a wheel")

@@ -34,15 +34,20 @@ def clip_id(dataset: str, relative: str) -> str:
     return hashlib.sha1(f"{dataset}/{relative}".encode("utf-8")).hexdigest()[:16]
 
 
+def clip(dataset: str, relative: str, uri: str, *, ground_truth: str = "", split: str = "") -> pb.Clip:
+    """The clip message of one file: ``relative`` (its path under the dataset root) gives the stable id."""
+    message = pb.Clip(clip_id=clip_id(dataset, relative), uri=uri, dataset=dataset, ground_truth=ground_truth,
+                      split=split)
+    try:  # header facts only; a file that fails here is dead-lettered by the labeler with the reason
+        info = audio.probe(uri)
+        message.duration_s, message.sample_rate, message.channels = info.duration, info.samplerate, info.channels
+    except audio.AudioError:
+        pass
+    return message
+
+
 def clips(found: Scan, dataset: str, class_from_folder: bool = False) -> Iterator[pb.Clip]:
     for path in found.files:
         rel = path.relative_to(found.root)
-        clip = pb.Clip(clip_id=clip_id(dataset, rel.as_posix()), uri=str(path.resolve()), dataset=dataset)
-        if class_from_folder and len(rel.parts) > 1:
-            clip.ground_truth = rel.parts[0]
-        try:  # header facts only; a file that fails here is dead-lettered by the labeler with the reason
-            info = audio.probe(path)
-            clip.duration_s, clip.sample_rate, clip.channels = info.duration, info.samplerate, info.channels
-        except audio.AudioError:
-            pass
-        yield clip
+        yield clip(dataset, rel.as_posix(), str(path.resolve()),
+                   ground_truth=rel.parts[0] if class_from_folder and len(rel.parts) > 1 else "")

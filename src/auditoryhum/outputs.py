@@ -18,6 +18,8 @@ from auditoryhum import report, topics
 from auditoryhum.backends import TextEmbedder
 from auditoryhum.stages.base import Out, Stage
 from auditoryhum.stages.labeler import HINT_KEY
+from auditoryhum.stages.review import ACTIONS as ACTION_NAMES
+from auditoryhum.stages.review import HUMAN_MODEL_ID
 from auditoryhum.taxonomy.builder import labels_in_several_clusters
 from auditoryhum.taxonomy.metrics import agreement, lowest_mean
 from auditoryhum.v1 import pipeline_pb2 as pb
@@ -26,10 +28,12 @@ COLUMNS = {
     "labels.csv": ("clip_id", "path", "model", "raw", "labels"),
     "alignments.csv": ("clip_id", "label", "score", "is_best"),
     "review_queue.csv": ("clip_id", "path", "label", "score"),
-    "final_labels.csv": ("clip_id", "path", "label", "source", "score", "ground_truth"),
+    "final_labels.csv": ("clip_id", "path", "label", "source", "score", "final_score", "review_action",
+                         "ground_truth"),
     "dead_letters.csv": ("path", "stage", "reason"),
 }
 SOURCES = {pb.LABEL_SOURCE_MODEL: "model", pb.LABEL_SOURCE_HUMAN: "human"}
+ACTIONS = {pb.REVIEW_ACTION_UNSPECIFIED: "", **ACTION_NAMES}
 
 
 def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
@@ -56,7 +60,9 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
 
 def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
                    clips: list[tuple[str, str, str]] = (), scores: np.ndarray | None = None,
-                   reviewed: np.ndarray | None = None) -> dict:
+                   reviewed: np.ndarray | None = None, decided: np.ndarray | None = None, removed: int = 0) -> dict:
+    """``reviewed``: the model scores of the clips selected for review; ``decided``: (score before, score after)
+    of each clip a reviewer decided and kept, ``removed`` those marked unusable."""
     """taxonomy.json, report.html and its plots; returns the metrics (shared by `run` and `cluster`)."""
     (out / "taxonomy.json").write_text(json.dumps(taxonomy_dict(taxonomy), indent=2) + "\n")
     cluster_of = {lc.label: c.cluster_id for c in taxonomy.clusters for lc in c.labels}
@@ -68,9 +74,11 @@ def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
     }
     if scores is not None and len(scores):
         metrics |= {"mu_c": float(np.mean(scores)), "mu_1pct": lowest_mean(scores)}
-    if reviewed is not None and len(reviewed):
-        # Before = the model labels' scores; after needs human decisions re-scored (review service).
-        metrics |= {"review_mean_before": float(np.mean(reviewed)), "review_mean_after": None}
+    if decided is not None and len(decided):  # the paper's uplift: the same pairs before and after the decisions
+        metrics |= {"review_decided": len(decided) + removed, "review_removed": removed,
+                    "review_mean_before": float(np.mean(decided[:, 0])), "review_mean_after": float(np.mean(decided[:, 1]))}
+    elif reviewed is not None and len(reviewed):  # nobody decided: the selected labels stand as they were
+        metrics |= {"review_decided": 0, "review_mean_before": float(np.mean(reviewed)), "review_mean_after": None}
     if clips:  # (clip id, label, ground truth); a clip's cluster is its own, or its label's
         assigned = [(clip_cluster.get(c, cluster_of.get(label)), gt) for c, label, gt in clips]
         assigned = [(k, gt) for k, gt in assigned if k is not None]
@@ -97,6 +105,8 @@ class OutputWriter(Stage):
         self.dead_letters = 0
         self.failed_clips = 0  # clips dead-lettered before scoring
         self.reviewed_scores: list[float] = []
+        self.decided: list[tuple[float, float]] = []  # (score before, score after) of each decided, kept clip
+        self.removed = 0
         self.taxonomies: dict[str, pb.Taxonomy] = {}
         self._on_clip_done = on_clip_done
         self._seen: set[tuple] = set()
@@ -106,9 +116,12 @@ class OutputWriter(Stage):
         reviewer's hint it was made under, so a re-labelled clip's second answer still counts."""
         if isinstance(message, pb.DeadLetter):
             key = ("DeadLetter", message.clip_id, message.stage, message.reason) if message.clip_id else None
+        elif isinstance(message, pb.DatasetSealed):
+            key = ("DatasetSealed", message.dataset)
         else:
             clip = message.alignment.clip if isinstance(message, pb.ReviewTask) else getattr(message, "clip", None)
-            key = (type(message).__name__, clip.clip_id, clip.metadata.get(HINT_KEY, "")) if clip else None
+            key = (type(message).__name__, clip.clip_id, clip.metadata.get(HINT_KEY, ""),
+                   getattr(message, "model_id", "")) if clip else None
         if key is None:
             return True
         if key in self._seen:
@@ -130,8 +143,9 @@ class OutputWriter(Stage):
             for s in message.scores:
                 self._csv["alignments.csv"].writerow((message.clip.clip_id, s.label, f"{s.score:.6f}",
                                                       int(s.label == message.best_label)))
-            self.scores.append(message.best_score)
-            self._on_clip_done()
+            if message.model_id != HUMAN_MODEL_ID and HINT_KEY not in message.clip.metadata:  # not a review round
+                self.scores.append(message.best_score)
+                self._on_clip_done()
         elif isinstance(message, pb.ReviewTask):
             a = message.alignment
             self._csv["review_queue.csv"].writerow((a.clip.clip_id, a.clip.uri, a.best_label, f"{a.best_score:.6f}"))
@@ -139,7 +153,12 @@ class OutputWriter(Stage):
         elif isinstance(message, pb.FinalLabel):
             self._csv["final_labels.csv"].writerow((message.clip.clip_id, message.clip.uri, message.label,
                                                     SOURCES.get(message.source, "unknown"), f"{message.score:.6f}",
+                                                    f"{message.final_score:.6f}", ACTIONS[message.review_action],
                                                     message.clip.ground_truth))
+            if message.review_action:
+                self.decided.append((message.score, message.final_score))
+        elif isinstance(message, pb.DatasetSealed):
+            self.removed += message.removed
         elif isinstance(message, pb.DeadLetter):
             self._csv["dead_letters.csv"].writerow((message.uri, message.stage, message.reason))
             self.dead_letters += 1
@@ -168,8 +187,9 @@ class OutputWriter(Stage):
                 writer.writerow((row["clip_id"], row["path"], row["label"],
                                  cluster.cluster_id if cluster else "", cluster.composite_label if cluster else ""))
                 clips.append((row["clip_id"], row["label"], row["ground_truth"]))
-        metrics = write_taxonomy(self.out, taxonomy, embedder, clips=clips,
-                                 scores=np.asarray(self.scores), reviewed=np.asarray(self.reviewed_scores))
+        metrics = write_taxonomy(self.out, taxonomy, embedder, clips=clips, scores=np.asarray(self.scores),
+                                 reviewed=np.asarray(self.reviewed_scores),
+                                 decided=np.asarray(self.decided).reshape(-1, 2), removed=self.removed)
         summary = {
             "dataset": dataset,
             **metrics,

@@ -1,10 +1,13 @@
 """The embedded mode: all four stages in one process over the in-memory bus.
 
 Clips are fed in chunks as the labeler keeps up (back-pressure), so memory stays flat however big the folder.
+With a :class:`ReviewUi`, the run pauses once every clip is scored and serves the review queue in the browser; the
+reviewers' decisions flow through the stages as they are made, and "Finish review" lets the taxonomy be built.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,10 +15,12 @@ from pathlib import Path
 from typing import Callable
 
 from auditoryhum import audio, ingest, topics
+from auditoryhum.auth import check_bind
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
 from auditoryhum.models import Models
 from auditoryhum.outputs import OutputWriter
+from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker, Threads
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.clusterer import ClustererStage
@@ -35,6 +40,15 @@ def audio_loader(settings: Settings) -> Callable[[pb.Clip, int], audio.Audio]:
     return lambda clip, rate: audio.load(clip.uri, rate, limits)
 
 
+@dataclass(frozen=True)
+class ReviewUi:
+    """Where the embedded run serves its review queue; ``on_ready(url, pending_tasks)`` says so to the user."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    on_ready: Callable[[str, int], None] = lambda url, pending: None
+
+
 @dataclass
 class RunResult:
     summary: dict
@@ -43,7 +57,9 @@ class RunResult:
 
 def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset: str | None = None,
         models: Models | None = None, on_start: Callable[[int], None] = lambda total: None,
-        on_clip_done: Callable[[], None] = lambda: None) -> RunResult:
+        on_clip_done: Callable[[], None] = lambda: None, review_ui: ReviewUi | None = None) -> RunResult:
+    if review_ui is not None:
+        check_bind(review_ui.host, review_ui.token)  # before minutes of labelling, not after
     started = time.perf_counter()
     models = models or Models(settings)
     dataset = dataset or audio_dir.resolve().name
@@ -59,7 +75,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                          workers=settings.workers),
             AlignerStage(models.scorer, load_audio, models.scorer_rate,
                          keep_audio_embedding=settings.representation == "class-vector"),
-            ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold), settings.max_words),
+            ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold, auto_accept=review_ui is None),
+                        settings.max_words),
             ClustererStage(models.taxonomy_builder()),
             writer,
         ]
@@ -73,9 +90,10 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                     threads.check()
                     time.sleep(0.002)
                 bus.publish(topics.CLIPS, clip.clip_id, clip)
-            while bus.lag(*groups):
-                threads.check()
-                time.sleep(0.005)
+            _settle(bus, groups, threads)
+            if review_ui is not None:
+                _review(ReviewDesk(workers[2], settings.review_lease_s), review_ui, dataset, threads)
+                _settle(bus, groups, threads)
     elapsed = time.perf_counter() - started
     summary = writer.finish(dataset, models.embedder, {
         "skipped_files": [str(p) for p in found.skipped],
@@ -83,3 +101,28 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         "clips_per_s": round(len(found.files) / elapsed, 2) if elapsed > 0 else None,
     })
     return RunResult(summary, out)
+
+
+def _settle(bus: InMemoryBus, groups: list[str], threads: Threads) -> None:
+    """Wait until every stage has consumed everything: the stages only publish in answer to a record."""
+    while bus.lag(*groups):
+        threads.check()
+        time.sleep(0.005)
+
+
+def _review(desk: ReviewDesk, ui: ReviewUi, dataset: str, threads: Threads) -> None:
+    """Serve the review queue until a reviewer clicks "Finish review"; undecided tasks then keep the model's label."""
+    from auditoryhum.review.web import UiServer, create_app
+
+    pending = desk.stats(dataset).pending
+    if pending:
+        finished = threading.Event()
+        server = UiServer(create_app(desk, token=ui.token, on_finish=finished.set), ui.host, ui.port)
+        server.start()
+        try:
+            ui.on_ready(server.url, pending)
+            while not finished.wait(0.2):
+                threads.check()
+        finally:
+            server.stop()
+    desk.close(dataset)

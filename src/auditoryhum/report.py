@@ -93,6 +93,7 @@ def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metr
     several_html = ("<h2>Labels in more than one cluster</h2><ul>" + "".join(
         f"<li>{esc(label)}: clusters {', '.join(map(str, ids))}</li>" for label, ids in several.items()) + "</ul>"
         if several else "")
+    review_html = _review(metrics)
     figures = "".join(f'<figure><img src="{src}" alt="{esc(alt)}"><figcaption>{esc(alt)}</figcaption></figure>'
                       for src, alt in images)
     page = f"""<!doctype html>
@@ -106,6 +107,7 @@ img{{max-width:100%}}</style></head><body>
 <p>{taxonomy.k} clusters of {taxonomy.unique_labels} unique labels over {taxonomy.clips} clips
 ({esc(taxonomy.algorithm)} on {esc(taxonomy.representation or "labels")}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
 <h2>Metrics</h2><table>{metric_rows}</table>
+{review_html}
 <h2>Clusters</h2><table><tr><th>id</th><th>composite label</th><th>clips</th><th>labels (clips)</th></tr>{cluster_rows}</table>
 {several_html}<h2>Plots</h2>{figures}
 </body></html>
@@ -113,6 +115,17 @@ img{{max-width:100%}}</style></head><body>
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _review(metrics: dict) -> str:
+    """The paper's measure of the human check: mean score of the reviewed pairs before and after the decisions."""
+    after = metrics.get("review_mean_after")
+    if after is None:
+        return ""
+    before = metrics["review_mean_before"]
+    return (f"<h2>Review uplift</h2><p>{metrics['review_decided']} clips decided by reviewers "
+            f"({metrics.get('review_removed', 0)} marked unusable). Mean score of the kept pairs: "
+            f"{before:.4f} before, {after:.4f} after the decisions (Δ {after - before:+.4f}).</p>")
 
 
 def _fmt(value) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from google.protobuf.message import Message
 
@@ -110,8 +110,12 @@ class StageWorker:
     def process(self, message: Message) -> list[Out]:
         """Handle one message outside the stream (a synchronous API call) with the same guarantees: the stage's
         state commits only once the outputs are durable on the bus."""
+        return self.apply(lambda: self.stage.handle_batch([message])[0])
+
+    def apply(self, change: Callable[[], list[Out]]) -> list[Out]:
+        """Run ``change`` on the stage's state and publish its outputs; the state commits once they are durable."""
         with self.stage.transaction():
-            outs = self.stage.handle_batch([message])[0]
+            outs = change()
             self._publish(outs)
             self.bus.flush()
         return outs

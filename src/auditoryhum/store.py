@@ -16,6 +16,8 @@ from sqlalchemy import (Boolean, Column, Connection, Float, Integer, LargeBinary
                         create_engine, event)
 from sqlalchemy.pool import StaticPool
 
+from auditoryhum import migrations
+
 metadata = MetaData()
 
 review_datasets = Table(
@@ -27,8 +29,8 @@ review_datasets = Table(
 )
 
 # One row per clip that reached review. status: scored (awaiting the dataset's selection), pending (a task awaiting
-# a decision), relabelling (sent back to the labeler with a hint), final (its final label is out), removed
-# (unusable), dead (dead-lettered upstream).
+# a decision), rescoring (a human correction awaiting the aligner's score), relabelling (sent back to the labeler
+# with a hint), final (its final label is out), removed (unusable), dead (dead-lettered upstream).
 review_clips = Table(
     "review_clips_v1", metadata,
     Column("dataset", String, primary_key=True),
@@ -38,6 +40,25 @@ review_clips = Table(
     Column("task_id", String, nullable=True, index=True),
     Column("reason", String, nullable=True),
     Column("alignment", LargeBinary, nullable=True),
+    # A pending task is held by one reviewer until lease_expires (epoch seconds); expired leases are free.
+    Column("lease_owner", String, nullable=True),
+    Column("lease_expires", Float, nullable=True),
+)
+
+# One row per decided task: the audit trail, idempotency, and the review's uplift (score before and after).
+review_decisions = Table(
+    "review_decisions_v1", metadata,
+    Column("task_id", String, primary_key=True),
+    Column("dataset", String, nullable=False, index=True),
+    Column("clip_id", String, nullable=False),
+    Column("action", String, nullable=False),  # accept, correct, unusable, relabel
+    Column("label", String, nullable=True),  # the correction, when one
+    Column("hint", String, nullable=True),
+    Column("reviewer", String, nullable=False),
+    Column("decided_at", Float, nullable=False),  # epoch seconds
+    Column("score_before", Float, nullable=True),  # the model's best label's score
+    Column("final_label", String, nullable=True),  # set once the final label is out
+    Column("score_after", Float, nullable=True),  # the aligner's score of the final label
 )
 
 cluster_datasets = Table(
@@ -65,13 +86,15 @@ class Store:
         if url.startswith("sqlite"):
             memory = url in ("sqlite://", "sqlite:///:memory:")
             self.engine = create_engine(url, poolclass=StaticPool if memory else None,
-                                        connect_args={"check_same_thread": False})
+                                        connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", partial(_sqlite_connect, wal=not memory))
             # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself.
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+            event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        # The schema comes from the migrations (on SQLite, BEGIN IMMEDIATE locks before the revision is read).
+        with self.engine.begin() as conn:
+            migrations.upgrade(conn)
         # One writer at a time in this process: the stream worker and the gRPC threads share the stage state.
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -94,6 +117,12 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front: two connections that read, then write, would otherwise deadlock
+    # (SQLite fails one with "database is locked" instead of waiting).
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_connect(dbapi_conn, _record, *, wal: bool) -> None:

@@ -11,3 +11,8 @@ TAXONOMY = "auditoryhum.taxonomy.v1"
 DLQ = "auditoryhum.dlq.v1"
 
 ALL = (DATASETS, CLIPS, LABELS, ALIGNMENTS, REVIEW_TASKS, REVIEW_DECISIONS, FINAL_LABELS, TAXONOMY, DLQ)
+
+# What each service's consumer group (auditoryhum-<service>) reads, for `auditoryhum status` to report its lag
+# without loading the stages; tests/test_kube.py checks it against each stage's `consumes`.
+CONSUMES = {"labeler": (CLIPS,), "aligner": (LABELS,), "review": (DATASETS, ALIGNMENTS, DLQ, REVIEW_DECISIONS),
+            "clusterer": (FINAL_LABELS,)}

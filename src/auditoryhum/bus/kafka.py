@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import OffsetSpec
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -248,6 +249,36 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
                         yield _record(r)
     finally:
         consumer.close(autocommit=False)
+
+
+def group_lag(bootstrap: str, groups: Mapping[str, Sequence[str]], *, timeout_s: float = 10.0) -> dict[str, int]:
+    """Each consumer group's lag over its topics (group → topics): records after its committed offsets, or after
+    the log start on a partition it never committed (where its consumers would start reading). Read from the
+    admin API, without joining any group."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-status",
+                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    try:
+        described = admin.describe_topics(sorted({t for ts in groups.values() for t in ts}))
+        partitions = {t["name"]: [TopicPartition(t["name"], p["partition_index"]) for p in t["partitions"]]
+                      for t in described}  # a topic not created yet has none, and so no lag
+        every = [tp for tps in partitions.values() for tp in tps]
+        ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in every})
+        starts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in every})
+        committed = admin.list_group_offsets({group: None for group in groups})
+    except KafkaError as exc:
+        raise BusError(f"cannot read consumer lag from {bootstrap}: {exc}") from exc
+    finally:
+        admin.close()
+    lag = {}
+    for group, group_topics in groups.items():
+        offsets = committed.get(group) or {}
+        lag[group] = sum(max(0, ends[tp].offset - (offsets[tp].offset if tp in offsets and offsets[tp].offset >= 0
+                                                   else starts[tp].offset))
+                         for topic in group_topics for tp in partitions.get(topic, ()))
+    return lag
 
 
 def _record(r) -> Record:

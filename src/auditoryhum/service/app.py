@@ -20,10 +20,12 @@ import prometheus_client
 from kafka.errors import KafkaError
 
 from auditoryhum import topics
+from auditoryhum.auth import check_bind
 from auditoryhum.bus import BusError
 from auditoryhum.bus.kafka import KafkaBus, ensure_topics
 from auditoryhum.models import Models
 from auditoryhum.pipeline import audio_limits, audio_loader
+from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker
 from auditoryhum.service import grpc_api, grpc_server, logs, metrics
 from auditoryhum.service.settings import DEFAULT_PORTS, ServiceSettings
@@ -62,7 +64,19 @@ def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     store = Store(s.store_url("review"))
     stack.callback(store.close)
     stage = ReviewStage(ReviewPolicy(s.review_fraction, s.review_threshold, s.review_auto_accept), s.max_words, store)
-    return stage, lambda worker: [(rpc.add_ReviewServiceServicer_to_server, grpc_api.ReviewServicer(worker))]
+
+    def servicers(worker: StageWorker):
+        desk = ReviewDesk(worker, s.review_lease_s)
+        if s.ui_port:  # the reviewers' web UI, same token as the gRPC API
+            from auditoryhum.review.web import UiServer, create_app
+
+            ui = UiServer(create_app(desk, token=_token(s)), s.grpc_host, s.ui_port)
+            ui.start()
+            stack.callback(ui.stop)
+            log.info("review UI", extra={"url": ui.url})
+        return [(rpc.add_ReviewServiceServicer_to_server, grpc_api.ReviewServicer(desk))]
+
+    return stage, servicers
 
 
 def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
@@ -81,6 +95,10 @@ def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
 WIRING = {"labeler": _labeler, "aligner": _aligner, "review": _review, "clusterer": _clusterer}
 
 
+def _token(settings: ServiceSettings) -> str | None:
+    return settings.auth_token.get_secret_value() if settings.auth_token else None
+
+
 def serve(name: str, settings: ServiceSettings | None = None) -> None:
     """Run service ``name`` until SIGTERM or SIGINT; what it finished is committed, what it had not is re-read by
     its successor."""
@@ -90,6 +108,7 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    check_bind(settings.grpc_host, _token(settings))  # before anything starts
     ensure_topics(settings.bootstrap, topics.ALL, settings.partitions)
     bus = KafkaBus(settings.bootstrap, client_id=f"auditoryhum-{name}", instance_id=settings.instance_id,
                    session_timeout_ms=settings.session_timeout_ms)
@@ -100,7 +119,7 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
         stack.callback(worker.consumer.close)
         grpc_port, metrics_port = settings.ports(name)
         server, health, port = grpc_server.build_server(servicers(worker), port=grpc_port, host=settings.grpc_host,
-                                            max_message_mb=settings.max_message_mb)
+                                                        max_message_mb=settings.max_message_mb, token=_token(settings))
         prometheus_client.start_http_server(metrics_port, addr=settings.grpc_host)
         server.start()
         log.info("serving", extra={"grpc_port": port, "metrics_port": metrics_port, "bootstrap": settings.bootstrap,

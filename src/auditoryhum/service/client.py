@@ -25,3 +25,41 @@ def wait_for_taxonomy(address: str, dataset: str, wait_s: float = 0.0) -> pb.Tax
                     raise LookupError(f"no taxonomy of {dataset!r} from {address}: {exc.code().name}: "
                                       f"{exc.details()}") from None
                 time.sleep(0.5)
+
+
+class ReviewClient:
+    """The review service's gRPC API; with a token, every call carries ``authorization: Bearer <token>``.
+    Errors are grpc.RpcError, as the API answers them."""
+
+    PAGE = 500
+
+    def __init__(self, address: str, token: str | None = None, timeout_s: float = 30.0):
+        self._channel = grpc.insecure_channel(address)
+        self._stub = services_pb2_grpc.ReviewServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout_s = timeout_s
+
+    def pending(self, dataset: str = "") -> list[pb.ReviewTask]:
+        """Every pending task (worst score first), page by page."""
+        tasks, token = [], ""
+        while True:
+            page = self._stub.ListTasks(services_pb2.ListTasksRequest(dataset=dataset, page_size=self.PAGE,
+                                                                      page_token=token),
+                                        timeout=self._timeout_s, metadata=self._metadata)
+            tasks += page.tasks
+            if not page.next_page_token:
+                return tasks
+            token = page.next_page_token
+
+    def submit(self, decision: pb.ReviewDecision) -> services_pb2.SubmitDecisionResponse:
+        return self._stub.SubmitDecision(services_pb2.SubmitDecisionRequest(decision=decision),
+                                         timeout=self._timeout_s, metadata=self._metadata)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ReviewClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

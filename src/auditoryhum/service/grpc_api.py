@@ -8,6 +8,7 @@ is refused with DEADLINE_EXCEEDED before any model runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -18,7 +19,7 @@ import grpc
 
 from auditoryhum import audio, topics
 from auditoryhum.backends import TextEmbedder
-from auditoryhum.labels import parse_labels
+from auditoryhum.review.desk import LeaseHeld, ReviewDesk, ReviewError, TaskGone
 from auditoryhum.runner import StageWorker
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.base import Out, TransientError
@@ -183,13 +184,12 @@ class ClustererServicer(api_grpc.ClustererServiceServicer):
 
 
 class ReviewServicer(api_grpc.ReviewServiceServicer):
-    """A decision goes through the stage's handler as one read from the bus would (idempotent; the task's state
-    commits only once its final label is durable on the bus) and is then published for the record."""
+    """The review desk over gRPC: the same leases, checks and idempotent decisions as the web UI."""
 
     MAX_PAGE = 500
 
-    def __init__(self, worker: StageWorker):
-        self.worker, self.stage = worker, worker.stage
+    def __init__(self, desk: ReviewDesk):
+        self.desk = desk
 
     @_rpc
     def ListTasks(self, request: api.ListTasksRequest) -> api.ListTasksResponse:
@@ -198,26 +198,43 @@ class ReviewServicer(api_grpc.ReviewServiceServicer):
         if request.page_token and not request.page_token.isdigit():
             raise _invalid("page_token is not one this service issued")
         size, offset = min(request.page_size or 50, self.MAX_PAGE), int(request.page_token or 0)
-        tasks = self.stage.tasks(request.dataset, size + 1, offset)
-        return api.ListTasksResponse(tasks=tasks[:size], next_page_token=str(offset + size) if len(tasks) > size else "")
+        views = self.desk.tasks(request.dataset, size + 1, offset)
+        return api.ListTasksResponse(tasks=[v.task for v in views[:size]],
+                                     next_page_token=str(offset + size) if len(views) > size else "")
+
+    @_rpc
+    def GetTask(self, request: api.GetTaskRequest) -> api.GetTaskResponse:
+        if not request.task_id:
+            raise _invalid("task_id is required")
+        with _review_errors():
+            view = self.desk.claim(request.task_id, request.reviewer) if request.reviewer else \
+                self.desk.task(request.task_id)
+        if view is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no pending task {request.task_id!r} (unknown or decided)")
+        return api.GetTaskResponse(task=view.task)
 
     @_rpc
     def SubmitDecision(self, request: api.SubmitDecisionRequest) -> api.SubmitDecisionResponse:
-        decision = request.decision
-        if not decision.task_id:
-            raise _invalid("decision.task_id is required")
-        if decision.action == pb.REVIEW_ACTION_UNSPECIFIED:
-            raise _invalid("decision.action is required")
-        if decision.action == pb.REVIEW_ACTION_CORRECT and not parse_labels(decision.label, self.stage.max_words):
-            raise _invalid("decision.label has no usable label text")
-        task = self.stage.task(decision.task_id)
-        if task is None:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no pending task {decision.task_id!r} (unknown or decided)")
-        outs = self.worker.process(decision)
-        self.worker.bus.publish(topics.REVIEW_DECISIONS, task.alignment.clip.clip_id, decision)
-        self.worker.bus.flush()
-        finals = [o.message for o in outs if isinstance(o.message, pb.FinalLabel)]
-        return api.SubmitDecisionResponse(final_label=finals[0] if finals else None)
+        with _review_errors():
+            outcome = self.desk.decide(request.decision)
+        return api.SubmitDecisionResponse(final_label=outcome.final_label, clip_status=outcome.status,
+                                          duplicate=outcome.duplicate)
+
+    @_rpc
+    def GetStats(self, request: api.GetStatsRequest) -> api.GetStatsResponse:
+        return api.GetStatsResponse(stats=self.desk.stats(request.dataset))
+
+
+@contextlib.contextmanager
+def _review_errors():
+    try:
+        yield
+    except TaskGone as exc:
+        raise _Abort(grpc.StatusCode.NOT_FOUND, str(exc)) from exc
+    except LeaseHeld as exc:
+        raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
+    except ReviewError as exc:
+        raise _invalid(str(exc)) from exc
 
 
 def _flat(outs: list[list[Out]]) -> list[Out]:

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auditoryhum.auth import bearer, check_bind, token_matches
 from auditoryhum.service.metrics import GRPC_REQUESTS, GRPC_SECONDS
 
 # A generated ``add_<Service>Servicer_to_server`` function and the servicer it registers.
@@ -18,15 +19,17 @@ Registration = tuple[Callable[[Any, Any], None], Any]
 
 
 def build_server(servicers: Sequence[Registration], *, port: int, host: str = "127.0.0.1", max_message_mb: float,
-                 workers: int = 8) -> tuple[grpc.Server, health.HealthServicer, int]:
+                 workers: int = 8, token: str | None = None) -> tuple[grpc.Server, health.HealthServicer, int]:
     """The server, not yet started; its health servicer; the bound port (``port=0`` binds an ephemeral one).
 
     Health reports SERVING for the whole server ("") and for each service: the models are loaded before the
-    servicers exist, so the server can answer as soon as it starts. Stop it with :func:`stop`.
+    servicers exist, so the server can answer as soon as it starts. With a ``token``, every call but health checks
+    must carry it (``authorization: Bearer <token>``). Stop it with :func:`stop`.
     """
+    check_bind(host, token)
     limit = int(max_message_mb * 1024 * 1024)
-    server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
-                         interceptors=[MetricsInterceptor()],
+    interceptors = [MetricsInterceptor()] + ([TokenInterceptor(token)] if token else [])
+    server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="grpc"), interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
     names = _ServiceNames(server)
     for add, servicer in servicers:
@@ -62,6 +65,36 @@ class _ServiceNames:
 
     def __getattr__(self, name: str):  # everything else the generated code calls goes to the server itself
         return getattr(self.server, name)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses calls without the bearer token (UNAUTHENTICATED). Health checks stay open: probes carry no secret."""
+
+    OPEN = "/grpc.health.v1.Health/"
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(self.OPEN):
+            return continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization")
+        if token_matches(bearer(given), self._token):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def refuse(request_or_iterator, context: grpc.ServicerContext):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):

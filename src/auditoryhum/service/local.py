@@ -30,10 +30,11 @@ SERVICES = tuple(DEFAULT_PORTS)
 
 class LocalStack:
     def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
-                 triton_port: int | None = 18000):
+                 triton_port: int | None = 18000, ui_port: int = 8080):
         """``triton_port``: Triton's HTTP port (gRPC and metrics on the next two); None runs the models inside
-        each service instead."""
+        each service instead. ``ui_port``: the review service's web UI."""
         self.home = home.resolve()
+        self.ui_port = ui_port
         self.kafka_port, self.port_base, self.metrics_base = kafka_port, port_base, metrics_base
         self.triton_port = triton_port
         # The services' models: on this stack's Triton, or in each service.
@@ -106,7 +107,7 @@ class LocalStack:
         env = {**os.environ, **self.env,
                "AUDITORYHUM_BOOTSTRAP": self.bootstrap, "AUDITORYHUM_GRPC_PORT": str(self.port_base + i),
                "AUDITORYHUM_METRICS_PORT": str(self.metrics_base + i), "AUDITORYHUM_INSTANCE_ID": name,
-               "AUDITORYHUM_STATE_DIR": str(self.home / "state")}
+               "AUDITORYHUM_STATE_DIR": str(self.home / "state"), "AUDITORYHUM_UI_PORT": str(self.ui_port)}
         log = (self.home / f"{name}.log").open("ab")
         process = subprocess.Popen([sys.executable, "-m", "auditoryhum", "serve", name], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home)
@@ -194,13 +195,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-base", type=int, default=9101)
     parser.add_argument("--triton-port", type=int, default=18000, help="HTTP; gRPC and metrics on the next two")
     parser.add_argument("--no-triton", action="store_true", help="run the models inside each service instead")
+    parser.add_argument("--ui-port", type=int, default=8080, help="the review service's web UI")
     args = parser.parse_args(argv)
     stack = LocalStack(args.home, kafka_port=args.kafka_port, port_base=args.port_base,
-                       metrics_base=args.metrics_base, triton_port=None if args.no_triton else args.triton_port)
+                       metrics_base=args.metrics_base, triton_port=None if args.no_triton else args.triton_port,
+                       ui_port=args.ui_port)
     if args.command == "up":
         stack.up()
         for name in SERVICES:
             print(f"{name:10s} gRPC {stack.grpc_address(name)}  metrics http://{stack.metrics_address(name)}/metrics")
+        print(f"review UI  http://127.0.0.1:{stack.ui_port}/")
         print(f"kafka      {stack.bootstrap}   logs {stack.home}")
         if stack.triton_port is not None:
             print(f"triton     gRPC {stack.triton_url}")

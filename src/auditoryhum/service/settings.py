@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from auditoryhum.config import Settings
@@ -32,6 +32,10 @@ class ServiceSettings(Settings):
     state_url: str | None = Field(None, description="SQLAlchemy URL of review/clusterer state; default "
                                                     "sqlite:///<state_dir>/<service>.db")
     state_dir: str = Field("state", description="folder of the default SQLite state files")
+    auth_token: SecretStr | None = Field(None, description="bearer token every gRPC call (health checks aside) and the "
+                                                           "review web UI must present; required to bind beyond "
+                                                           "loopback")
+    ui_port: int = Field(8080, ge=0, le=65535, description="the review service's web UI (0: no UI)")
     review_auto_accept: bool = Field(True, description="selected clips keep the model's label unless a "
                                                        "reviewer decides (false: wait for decisions)")
 

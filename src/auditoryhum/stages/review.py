@@ -3,6 +3,9 @@
 Selection is per dataset: the lowest ``fraction`` of clip scores (at least one clip) once every clip of the
 dataset is scored or dead-lettered, or, with an absolute ``threshold``, every clip below it as it streams in.
 Without reviewers (``auto_accept``, the embedded default) selected clips are queued and keep the model's label.
+With reviewers, a selected clip waits for a :class:`ReviewDecision`: accept keeps the label; a correction goes to the
+aligner to be scored (the paper's before/after measure) and becomes final with that score; re-label sends the clip
+back to the labeler with the reviewer's hint; unusable removes it. Every decision is recorded once (idempotent).
 When all final labels of a dataset are out, a ``DatasetSealed`` tells the clusterer how many to expect.
 
 State lives in a :class:`~auditoryhum.store.Store`, one row per clip, so a restarted service resumes where the
@@ -12,6 +15,7 @@ committed state left it and a replayed record is recognised by its clip id and i
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import ContextManager
 
@@ -22,12 +26,16 @@ from auditoryhum import topics
 from auditoryhum.labels import parse_labels
 from auditoryhum.stages.base import Out, Stage, dead_letter
 from auditoryhum.stages.labeler import HINT_KEY
-from auditoryhum.store import Store, review_clips, review_datasets
+from auditoryhum.store import Store, review_clips, review_datasets, review_decisions
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 # Dead letters from these stages mean a clip will never reach review: they count towards dataset completion.
 UPSTREAM_STAGES = frozenset({"ingest", "labeler", "aligner"})
-SCORED, PENDING, RELABELLING, FINAL, REMOVED, DEAD = "scored", "pending", "relabelling", "final", "removed", "dead"
+SCORED, PENDING, RESCORING, RELABELLING = "scored", "pending", "rescoring", "relabelling"
+FINAL, REMOVED, DEAD = "final", "removed", "dead"
+ACTIONS = {pb.REVIEW_ACTION_ACCEPT: "accept", pb.REVIEW_ACTION_CORRECT: "correct",
+           pb.REVIEW_ACTION_UNUSABLE: "unusable", pb.REVIEW_ACTION_RELABEL: "relabel"}
+HUMAN_MODEL_ID = "human"  # model_id of the proposal that asks the aligner to score a reviewer's correction
 
 
 @dataclass(frozen=True)
@@ -67,22 +75,13 @@ class ReviewStage(Stage):
                 return self._on_decision(db, message)
             return []
 
-    # -- queries for the API --------------------------------------------------------------------------------------
-
-    def tasks(self, dataset: str = "", limit: int = 100, offset: int = 0) -> list[pb.ReviewTask]:
-        """Tasks awaiting a decision, worst score first."""
-        query = select(review_clips).where(review_clips.c.status == PENDING)
-        if dataset:
-            query = query.where(review_clips.c.dataset == dataset)
-        query = query.order_by(review_clips.c.score, review_clips.c.clip_id).limit(limit).offset(offset)
+    def close_review(self, dataset: str) -> list[Out]:
+        """Ends a dataset's human review: tasks nobody decided keep the model's label, as without reviewers."""
         with self.store.transaction() as db:
-            return [_task(row) for row in db.execute(query)]
-
-    def task(self, task_id: str) -> pb.ReviewTask | None:
-        with self.store.transaction() as db:
-            row = db.execute(select(review_clips).where(review_clips.c.task_id == task_id,
-                                                        review_clips.c.status == PENDING)).first()
-            return _task(row) if row else None
+            rows = db.execute(select(review_clips.c.alignment).where(review_clips.c.dataset == dataset,
+                                                                     review_clips.c.status == PENDING)).scalars().all()
+            outs = [self._final(db, pb.Alignment.FromString(b)) for b in rows]
+            return outs + self._seal(db, dataset)
 
     # -- handlers ---------------------------------------------------------------------------------------------------
 
@@ -105,9 +104,8 @@ class ReviewStage(Stage):
         clip = alignment.clip
         self._dataset(db, clip.dataset)
         status = self._status(db, clip.dataset, clip.clip_id)
-        if status == RELABELLING:  # the labeler's new answer after a reviewer's hint
-            return [self._final(db, alignment, alignment.best_label, pb.LABEL_SOURCE_MODEL),
-                    *self._seal(db, clip.dataset)]
+        if status in (RESCORING, RELABELLING):  # the aligner's score of a reviewer's correction or re-labelling
+            return [self._decided(db, alignment), *self._seal(db, clip.dataset)]
         if status is not None:
             return []  # a replay: its outputs were already emitted
         db.execute(insert(review_clips).values(dataset=clip.dataset, clip_id=clip.clip_id, status=SCORED,
@@ -117,7 +115,7 @@ class ReviewStage(Stage):
         if alignment.best_score < self.policy.threshold:
             outs = self._select(db, alignment, f"score below {self.policy.threshold:g}")
         else:
-            outs = [self._final(db, alignment, alignment.best_label, pb.LABEL_SOURCE_MODEL)]
+            outs = [self._final(db, alignment)]
         return outs + self._progress(db, clip.dataset)
 
     def _on_dead_letter(self, db: Connection, letter: pb.DeadLetter) -> list[Out]:
@@ -128,7 +126,7 @@ class ReviewStage(Stage):
         if status is None:
             db.execute(insert(review_clips).values(dataset=letter.dataset, clip_id=letter.clip_id, status=DEAD,
                                                    reason=letter.reason))
-        elif status == RELABELLING:  # the re-labelling failed: the clip is out
+        elif status in (RESCORING, RELABELLING):  # the re-labelling or the re-scoring failed: the clip is out
             db.execute(update(review_clips).where(review_clips.c.dataset == letter.dataset,
                                                   review_clips.c.clip_id == letter.clip_id)
                        .values(status=DEAD, reason=letter.reason))
@@ -153,7 +151,7 @@ class ReviewStage(Stage):
             reason = f"lowest {self.policy.fraction:.0%} of dataset scores"
             for a in alignments[:n]:
                 outs += self._select(db, a, reason)
-            outs += [self._final(db, a, a.best_label, pb.LABEL_SOURCE_MODEL) for a in alignments[n:]]
+            outs += [self._final(db, a) for a in alignments[n:]]
         return outs + self._seal(db, dataset)
 
     def _select(self, db: Connection, alignment: pb.Alignment, reason: str) -> list[Out]:
@@ -161,7 +159,7 @@ class ReviewStage(Stage):
         task.created_at.GetCurrentTime()
         outs = [Out(topics.REVIEW_TASKS, alignment.clip.clip_id, task)]
         if self.policy.auto_accept:
-            outs.append(self._final(db, alignment, alignment.best_label, pb.LABEL_SOURCE_MODEL))
+            outs.append(self._final(db, alignment))
             self._set(db, alignment.clip, task_id=task.task_id, reason=reason)
         else:
             self._set(db, alignment.clip, status=PENDING, task_id=task.task_id, reason=reason)
@@ -173,31 +171,63 @@ class ReviewStage(Stage):
         if row is None:
             return []  # unknown or already decided: decisions are idempotent
         alignment = pb.Alignment.FromString(row.alignment)
-        action = decision.action
-        if action == pb.REVIEW_ACTION_ACCEPT:
-            outs = [self._final(db, alignment, alignment.best_label, pb.LABEL_SOURCE_HUMAN)]
-        elif action == pb.REVIEW_ACTION_CORRECT:
+        clip, action = alignment.clip, decision.action
+        label = alignment.best_label
+        if action == pb.REVIEW_ACTION_CORRECT:
             labels = parse_labels(decision.label, self.max_words)
             if not labels:  # the task stays pending
                 return [dead_letter(self.name, f"correction has no usable label: {decision.label[:200]!r}", decision,
-                                    clip=alignment.clip)]
-            outs = [self._final(db, alignment, labels[0], pb.LABEL_SOURCE_HUMAN)]
+                                    clip=clip)]
+            label = labels[0]
+        elif action not in ACTIONS:
+            return [dead_letter(self.name, "decision has no action", decision, clip=clip)]
+        db.execute(insert(review_decisions).values(
+            task_id=decision.task_id, dataset=row.dataset, clip_id=row.clip_id, action=ACTIONS[action],
+            label=label if action == pb.REVIEW_ACTION_CORRECT else None, hint=decision.hint or None,
+            reviewer=decision.reviewer or "anonymous", score_before=row.score,
+            decided_at=decision.decided_at.ToNanoseconds() / 1e9 if decision.HasField("decided_at") else time.time()))
+        if action == pb.REVIEW_ACTION_ACCEPT:
+            outs = [self._final(db, alignment, pb.LABEL_SOURCE_HUMAN, pb.REVIEW_ACTION_ACCEPT)]
+            self._record_after(db, decision.task_id, label, alignment.best_score)
+        elif action == pb.REVIEW_ACTION_CORRECT:  # final once the aligner has scored the new label
+            self._set(db, clip, status=RESCORING, lease_owner=None, lease_expires=None)
+            proposal = pb.LabelProposal(clip=clip, model_id=HUMAN_MODEL_ID, prompt_id="review", raw_text=decision.label,
+                                        labels=[label], tags=alignment.tags)
+            outs = [Out(topics.LABELS, clip.clip_id, proposal)]
         elif action == pb.REVIEW_ACTION_RELABEL:
-            clip = pb.Clip()
-            clip.CopyFrom(alignment.clip)
-            clip.metadata[HINT_KEY] = decision.hint
-            self._set(db, clip, status=RELABELLING)
-            outs = [Out(topics.CLIPS, clip.clip_id, clip)]
-        elif action == pb.REVIEW_ACTION_UNUSABLE:
-            self._set(db, alignment.clip, status=REMOVED)
-            outs = []
+            again = pb.Clip()
+            again.CopyFrom(clip)
+            again.metadata[HINT_KEY] = decision.hint
+            self._set(db, clip, status=RELABELLING, lease_owner=None, lease_expires=None)
+            outs = [Out(topics.CLIPS, clip.clip_id, again)]
         else:
-            return [dead_letter(self.name, "decision has no action", decision, clip=alignment.clip)]
+            self._set(db, clip, status=REMOVED, lease_owner=None, lease_expires=None)
+            outs = []
         return outs + self._seal(db, row.dataset)
 
-    def _final(self, db: Connection, alignment: pb.Alignment, label: str, source: int) -> Out:
-        self._set(db, alignment.clip, status=FINAL)
-        final = pb.FinalLabel(clip=alignment.clip, label=label, source=source, score=alignment.best_score,
+    def _decided(self, db: Connection, alignment: pb.Alignment) -> Out:
+        """The final label of a corrected or re-labelled clip, with the aligner's score of its new label."""
+        clip = alignment.clip
+        row = db.execute(select(review_clips.c.task_id, review_clips.c.status, review_clips.c.score)
+                         .where(review_clips.c.dataset == clip.dataset, review_clips.c.clip_id == clip.clip_id)).one()
+        corrected = row.status == RESCORING
+        self._record_after(db, row.task_id, alignment.best_label, alignment.best_score)
+        # A re-labelled clip's label is still the model's (now with the human hint in its prompt).
+        return self._final(db, alignment, pb.LABEL_SOURCE_HUMAN if corrected else pb.LABEL_SOURCE_MODEL,
+                           pb.REVIEW_ACTION_CORRECT if corrected else pb.REVIEW_ACTION_RELABEL, score=row.score)
+
+    def _record_after(self, db: Connection, task_id: str, label: str, score: float) -> None:
+        db.execute(update(review_decisions).where(review_decisions.c.task_id == task_id)
+                   .values(final_label=label, score_after=score))
+
+    def _final(self, db: Connection, alignment: pb.Alignment, source: int = pb.LABEL_SOURCE_MODEL,
+               action: int = pb.REVIEW_ACTION_UNSPECIFIED, score: float | None = None) -> Out:
+        """The clip's final label: the alignment's best label. ``score`` is the model's original score when the
+        alignment is a re-scoring."""
+        self._set(db, alignment.clip, status=FINAL, lease_owner=None, lease_expires=None)
+        final = pb.FinalLabel(clip=alignment.clip, label=alignment.best_label, source=source,
+                              score=alignment.best_score if score is None else score,
+                              final_score=alignment.best_score, review_action=action,
                               model_id=alignment.model_id, audio_embedding=alignment.audio_embedding)
         return Out(topics.FINAL_LABELS, alignment.clip.clip_id, final)
 
@@ -207,12 +237,10 @@ class ReviewStage(Stage):
             return []
         counts = dict(db.execute(select(review_clips.c.status, func.count()).where(review_clips.c.dataset == dataset)
                                  .group_by(review_clips.c.status)).all())
-        if counts.get(PENDING) or counts.get(RELABELLING) or counts.get(SCORED):
+        if any(counts.get(s) for s in (SCORED, PENDING, RESCORING, RELABELLING)):
             return []
         db.execute(update(review_datasets).where(review_datasets.c.dataset == dataset).values(sealed=True))
-        sealed = pb.DatasetSealed(dataset=dataset, final_labels=counts.get(FINAL, 0), dead_letters=counts.get(DEAD, 0))
+        sealed = pb.DatasetSealed(dataset=dataset, final_labels=counts.get(FINAL, 0), dead_letters=counts.get(DEAD, 0),
+                                  removed=counts.get(REMOVED, 0))
         return [Out(topics.FINAL_LABELS, dataset, sealed)]
 
-
-def _task(row) -> pb.ReviewTask:
-    return pb.ReviewTask(task_id=row.task_id, alignment=pb.Alignment.FromString(row.alignment), reason=row.reason)

@@ -1,0 +1,1 @@
+"""Human review: the desk reviewers work at (leases, decisions, progress), its web UI and Label Studio interchange."""

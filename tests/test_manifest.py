@@ -1,0 +1,149 @@
+"""Dataset manifests (a folder, a CSV of URIs, an object-store prefix on fsspec's real `file://` and `memory://`
+filesystems), their shards, and audio read by URL with the same checks as files."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+
+from auditoryhum import audio, ingest, manifest
+from auditoryhum.manifest import ManifestError
+from tests.conftest import LINCITY
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """Ten real recordings in two class folders, a text file and a hidden folder."""
+    root = tmp_path / "city"
+    for n, path in enumerate(sorted(LINCITY.glob("*.wav"))[:10]):
+        (root / ("busy" if n % 2 else "calm")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / ("busy" if n % 2 else "calm") / path.name)
+    (root / "notes.txt").write_text("not audio")
+    (root / ".cache").mkdir()
+    shutil.copy(next(LINCITY.glob("*.wav")), root / ".cache" / "hidden.wav")
+    return root
+
+
+@pytest.fixture
+def memory(folder):
+    """``folder`` copied to fsspec's in-memory object store; yields the prefix URL."""
+    fs = fsspec.filesystem("memory")
+    prefix = f"/{uuid.uuid4().hex[:8]}/city"
+    fs.put(str(folder), prefix, recursive=True)
+    yield f"memory://{prefix}"
+    fs.rm(prefix.rsplit("/", 1)[0], recursive=True)
+
+
+def ids(clips) -> list[str]:
+    return [c.clip_id for c in clips]
+
+
+def test_a_folder_gives_the_ids_order_and_classes_ingest_always_gave(folder):
+    found = manifest.load(str(folder), class_from_folder=True)
+    before = list(ingest.clips(ingest.scan(folder), "city", class_from_folder=True))
+    after = list(found.clips("city"))
+    assert found.name == "city" and len(after) == 10
+    assert [(c.clip_id, c.uri, c.ground_truth) for c in after] == [(c.clip_id, c.uri, c.ground_truth) for c in before]
+    assert {c.ground_truth for c in after} == {"busy", "calm"}
+    assert found.skipped == [str(folder / "notes.txt")]  # reported; the hidden folder is left out altogether
+
+
+@pytest.mark.parametrize("store", ["file", "memory"])
+def test_a_prefix_on_an_object_store_keeps_the_folders_ids(folder, memory, store):
+    url = folder.as_uri() if store == "file" else memory
+    local = list(manifest.load(str(folder), class_from_folder=True).clips("city"))
+    found = manifest.load(url, class_from_folder=True)
+    remote = list(found.clips("city"))
+    assert found.name == "city"
+    assert ids(remote) == ids(local)  # same keys, same order: re-ingesting from the store duplicates nothing
+    assert [c.ground_truth for c in remote] == [c.ground_truth for c in local]
+    assert all(c.uri.startswith(f"{store}://") for c in remote)
+    assert [(c.duration_s, c.sample_rate) for c in remote] == [(c.duration_s, c.sample_rate) for c in local]
+    assert found.skipped == [f"{url}/notes.txt"]
+
+
+def test_audio_read_by_url_decodes_as_the_file_does(folder, memory):
+    for entry in manifest.load(memory).entries[:3]:
+        by_url = audio.load(entry.uri, 16000)
+        by_path = audio.load(folder / entry.key, 16000)
+        assert np.array_equal(by_url.samples, by_path.samples) and by_url.source_rate == by_path.source_rate
+
+
+def test_a_bad_url_is_an_audio_error_with_the_reason(memory):
+    fs = fsspec.filesystem("memory")
+    empty = f"{memory}/empty.wav"
+    fs.pipe(empty.removeprefix("memory://"), b"")
+    first = manifest.load(memory).entries[0].uri
+    cases = [
+        (first, audio.AudioLimits(max_file_bytes=1000), "file too large"),  # refused before it is downloaded
+        (empty, audio.AudioLimits(), "empty file"),
+        (f"{memory}/missing.wav", audio.AudioLimits(), "cannot open"),
+        ("nosuchprotocol://bucket/a.wav", audio.AudioLimits(), "cannot open"),
+    ]
+    for uri, limits, reason in cases:
+        with pytest.raises(audio.AudioError, match=reason):
+            audio.load(uri, 16000, limits)
+    with pytest.raises(audio.AudioError, match="cannot open"):
+        audio.probe(f"{memory}/missing.wav")
+
+
+def test_a_csv_lists_uris_with_class_and_split_in_file_order(folder, memory):
+    files = manifest.load(str(folder)).entries
+    remote = f"{memory}/{files[0].key}"
+    (folder / "list.csv").write_text("uri,class,split\n"
+                                     f"{files[3].key},horn,test\n"
+                                     f"./{files[1].key},engine,train\n"
+                                     f"{remote},,train\n")
+    found = manifest.load(str(folder / "list.csv"))
+    clips = list(found.clips("city"))
+    assert found.name == "list"
+    # relative rows are keyed like the folder's files, so they keep the folder's ids
+    assert ids(clips[:2]) == [ingest.clip_id("city", files[3].key), ingest.clip_id("city", files[1].key)]
+    assert [c.uri for c in clips] == [files[3].uri, files[1].uri, remote]
+    assert [(c.ground_truth, c.split) for c in clips] == [("horn", "test"), ("engine", "train"), ("", "train")]
+    assert clips[2].clip_id == ingest.clip_id("city", remote) and clips[2].duration_s > 0
+
+
+def test_a_csv_on_an_object_store_resolves_relative_rows_there(memory):
+    key = manifest.load(memory).entries[0].key
+    fsspec.filesystem("memory").pipe(f"{memory.removeprefix('memory://')}/list.csv", f"uri\n{key}\n".encode())
+    [entry] = manifest.load(f"{memory}/list.csv").entries
+    assert (entry.uri, entry.key) == (f"{memory}/{key}", key)
+    assert audio.load(entry.uri, 16000).duration_s > 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("path,class\na.wav,x\n", "no 'uri' column"),
+    ("uri\na.wav\n\"\"\n", r"list.csv:3: empty uri"),
+    ("uri\na.wav\nb.wav\n./a.wav\n", r"list.csv:4: ./a.wav is listed twice \(first on line 2\)"),
+])
+def test_a_bad_csv_is_a_clear_error(tmp_path, content, message):
+    (tmp_path / "list.csv").write_text(content)
+    with pytest.raises(ManifestError, match=message):
+        manifest.load(str(tmp_path / "list.csv"))
+
+
+def test_a_source_that_is_none_of_the_three_is_a_clear_error(tmp_path):
+    (tmp_path / "clip.wav").write_bytes(b"RIFF")
+    cases = [(tmp_path / "nope", "no such folder or file"), (tmp_path / "clip.wav", "not a folder, a .csv file"),
+             ("memory://no/such/prefix", "no such prefix"), ("nosuchprotocol://bucket/x", "cannot list")]
+    for source, message in cases:
+        with pytest.raises(ManifestError, match=message):
+            manifest.load(str(source))
+
+
+def test_shards_split_the_manifest_round_robin_into_disjoint_parts(folder):
+    found = manifest.load(str(folder))
+    for count in (1, 3, 4, 10, 13):
+        shards = [found.shard(i, count) for i in range(count)]
+        # every clip in exactly one shard
+        assert sorted(e.key for s in shards for e in s) == sorted(e.key for e in found.entries)
+        assert all(shard == found.entries[i::count] for i, shard in enumerate(shards))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ManifestError, match="not in 0..2"):
+        found.shard(3, 3)
