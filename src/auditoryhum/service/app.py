@@ -8,6 +8,7 @@ health service reports SERVING, so readiness means "can answer now".
 from __future__ import annotations
 
 import faulthandler
+import hashlib
 import logging
 import signal
 import threading
@@ -70,7 +71,10 @@ def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
         if s.ui_port:  # the reviewers' web UI, same token as the gRPC API
             from auditoryhum.review.web import UiServer, create_app
 
-            ui = UiServer(create_app(desk, token=_token(s)), s.grpc_host, s.ui_port)
+            token = _token(s)
+            # Sessions signed with a key derived from the token survive restarts and hold across replicas.
+            key = hashlib.sha256(b"auditoryhum review session\0" + token.encode()).digest() if token else None
+            ui = UiServer(create_app(desk, token=token, secret_key=key), s.grpc_host, s.ui_port)
             ui.start()
             stack.callback(ui.stop)
             log.info("review UI", extra={"url": ui.url})

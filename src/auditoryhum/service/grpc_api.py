@@ -20,7 +20,6 @@ import grpc
 from auditoryhum import audio, topics
 from auditoryhum.backends import TextEmbedder
 from auditoryhum.review.desk import LeaseHeld, ReviewDesk, ReviewError, TaskGone
-from auditoryhum.runner import StageWorker
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.base import Out, TransientError
 from auditoryhum.stages.clusterer import ClustererStage

@@ -1,0 +1,121 @@
+"""`auditoryhum review`: review tasks out to Label Studio, and its annotations back in as decisions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from auditoryhum.cli.common import bad_file
+
+review_app = typer.Typer(no_args_is_help=True, help="Review tasks out to Label Studio, and its annotations back in as "
+                                                    "decisions, over the review service's gRPC API.")
+REVIEW_ADDRESS = typer.Option("127.0.0.1:50053", "--review", help="The review service's gRPC address (HOST:PORT).")
+REVIEW_TOKEN = typer.Option(None, "--token", envvar="AUDITORYHUM_AUTH_TOKEN", show_envvar=True,
+                            help="The service's bearer token, when it has one.")
+
+
+@review_app.command("export")
+def review_export(
+    out: Path = typer.Option(..., "--out", "-o", file_okay=False,
+                             help="Folder for tasks.json and labeling_config.xml."),
+    audio_base_url: Optional[str] = typer.Option(None, help="The review UI's base URL: each task's audio is "
+                                                            "<URL>/tasks/<task id>/audio."),
+    audio_from_uri: bool = typer.Option(False, "--audio-from-uri", help="Use each clip's own uri as its audio URL "
+                                                                        "instead (an absolute path becomes file://)."),
+    dataset: str = typer.Option("", help="Only this dataset's tasks (default: all)."),
+    review: str = REVIEW_ADDRESS,
+    token: Optional[str] = REVIEW_TOKEN,
+) -> None:
+    """Write the pending review tasks as a Label Studio import file (tasks.json) with the project's labeling config
+    (labeling_config.xml)."""
+    from urllib.parse import quote
+
+    import grpc
+
+    from auditoryhum.review.labelstudio import export_tasks, labeling_config, task_view
+    from auditoryhum.service.client import ReviewClient
+
+    if audio_from_uri == bool(audio_base_url):
+        raise typer.BadParameter("give exactly one of --audio-base-url and --audio-from-uri",
+                                 param_hint="--audio-base-url")
+    if audio_base_url and not audio_base_url.startswith(("http://", "https://")):
+        raise typer.BadParameter("an http:// or https:// URL, e.g. http://127.0.0.1:8080",
+                                 param_hint="--audio-base-url")
+
+    def audio_url(view) -> str:
+        if audio_base_url:  # the UI's own route, which quotes the task id the same way
+            return f"{audio_base_url.rstrip('/')}/tasks/{quote(view.task_id, safe='')}/audio"
+        return Path(view.uri).as_uri() if view.uri.startswith("/") else view.uri
+
+    try:
+        with ReviewClient(review, token) as client:
+            tasks = client.pending(dataset)
+    except grpc.RpcError as exc:
+        typer.echo(f"{review}: {exc.code().name}: {exc.details()}", err=True)
+        raise typer.Exit(1) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tasks.json").write_text(json.dumps(export_tasks(map(task_view, tasks), audio_url), indent=1,
+                                               ensure_ascii=False), encoding="utf-8")
+    (out / "labeling_config.xml").write_text(labeling_config(), encoding="utf-8")
+    typer.echo(f"wrote {len(tasks)} tasks to {out / 'tasks.json'} and the config to {out / 'labeling_config.xml'}")
+
+
+@review_app.command("import")
+def review_import(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A Label Studio JSON export of the project."),
+    reviewer_prefix: str = typer.Option("ls:", help="Put before each annotator's email (or user-<id>) in the "
+                                                    "decision's reviewer."),
+    review: str = REVIEW_ADDRESS,
+    token: Optional[str] = REVIEW_TOKEN,
+) -> None:
+    """Submit each task's latest annotation as a review decision; print what was applied, already decided
+    (duplicate), refused by the service, invalid or skipped, and why. Exits 1 if any was refused or invalid."""
+    import grpc
+
+    from auditoryhum.review.labelstudio import import_annotations
+    from auditoryhum.service.client import ReviewClient
+
+    try:
+        items = import_annotations(json.loads(file.read_text(encoding="utf-8")), reviewer_prefix)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise bad_file(file, exc)
+    rows: list[tuple[str, str, str, str]] = []
+    with ReviewClient(review, token) as client:
+        for item in items:
+            if item.decision is None:
+                rows.append((item.ref, item.ls_id, "skipped" if item.skipped else "invalid", item.problem))
+                continue
+            try:
+                answer = client.submit(item.decision)
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if rows:
+                        _print_outcomes(rows)
+                    # the service can take none of them: stop, rather than fail each one the same way
+                    typer.echo(f"{review}: {exc.code().name}: {exc.details()}; stopped at Label Studio task "
+                               f"{item.ls_id}", err=True)
+                    raise typer.Exit(1) from None
+                rows.append((item.ref, item.ls_id, "refused", f"{exc.code().name}: {exc.details()}"))
+                continue
+            rows.append((item.ref, item.ls_id, "duplicate" if answer.duplicate else "applied", answer.clip_status))
+    _print_outcomes(rows)
+    if any(row[2] in ("refused", "invalid") for row in rows):
+        raise typer.Exit(1)
+
+
+def _print_outcomes(rows: list[tuple[str, str, str, str]]) -> None:
+    table = Table(title="Label Studio annotations → review decisions")
+    for col in ("task", "Label Studio task", "outcome", "clip status or reason"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*map(Text, row))  # Text: ids and reasons quote annotators' text, never rich markup
+    Console().print(table)
+    counts = {o: sum(r[2] == o for r in rows) for o in ("applied", "duplicate", "refused", "invalid", "skipped")}
+    Console().print(", ".join(f"{n} {o}" for o, n in counts.items()))
