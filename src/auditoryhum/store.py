@@ -7,7 +7,9 @@ and the replayed input redoes the work; a crash after it finds the state done an
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from functools import partial
 from typing import Iterator
@@ -129,6 +131,20 @@ def _sqlite_connect(dbapi_conn, _record, *, wal: bool) -> None:
     dbapi_conn.isolation_level = None
     if wal:  # readers (the API) never block the stream's writer
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+
+def _switch_to_wal(cursor, wait_s: float = 30.0) -> None:
+    """Switching a new file to WAL needs a moment alone with it, and SQLite answers "database is locked" at once
+    rather than waiting when another connection is busy with it: retry (once switched, the file stays WAL)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
