@@ -1,11 +1,10 @@
-"""Turning a folder of audio into clip messages."""
+"""Listing a folder of audio, and the clip message of one file (with its stable id)."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from auditoryhum import audio
 from auditoryhum.v1 import pipeline_pb2 as pb
@@ -44,10 +43,3 @@ def clip(dataset: str, relative: str, uri: str, *, ground_truth: str = "", split
     except audio.AudioError:
         pass
     return message
-
-
-def clips(found: Scan, dataset: str, class_from_folder: bool = False) -> Iterator[pb.Clip]:
-    for path in found.files:
-        rel = path.relative_to(found.root)
-        yield clip(dataset, rel.as_posix(), str(path.resolve()),
-                   ground_truth=rel.parts[0] if class_from_folder and len(rel.parts) > 1 else "")

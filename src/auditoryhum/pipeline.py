@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from auditoryhum import audio, ingest, topics
+from auditoryhum import audio, manifest, topics
 from auditoryhum.auth import check_bind
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
@@ -63,8 +63,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
     started = time.perf_counter()
     models = models or Models(settings)
     dataset = dataset or audio_dir.resolve().name
-    found = ingest.scan(audio_dir)
-    on_start(len(found.files))
+    found = manifest.load(str(audio_dir), class_from_folder=settings.class_from_folder)
+    on_start(len(found.entries))
 
     load_audio = audio_loader(settings)
     bus = InMemoryBus()
@@ -82,9 +82,9 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         ]
         workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]
         groups = [w.consumer_group for w in workers]
-        bus.publish(topics.DATASETS, dataset, pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(found.files)))
+        bus.publish(topics.DATASETS, dataset, pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(found.entries)))
         with Threads(workers) as threads:
-            for clip in ingest.clips(found, dataset, settings.class_from_folder):
+            for clip in found.clips(dataset):
                 # Keep a few batches queued ahead of the labeler: enough to batch, never the whole folder.
                 while bus.lag(groups[0]) >= 3 * settings.batch_size:
                     threads.check()
@@ -96,9 +96,9 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                 _settle(bus, groups, threads)
     elapsed = time.perf_counter() - started
     summary = writer.finish(dataset, models.embedder, {
-        "skipped_files": [str(p) for p in found.skipped],
+        "skipped_files": found.skipped,
         "seconds": round(elapsed, 3),
-        "clips_per_s": round(len(found.files) / elapsed, 2) if elapsed > 0 else None,
+        "clips_per_s": round(len(found.entries) / elapsed, 2) if elapsed > 0 else None,
     })
     return RunResult(summary, out)
 
