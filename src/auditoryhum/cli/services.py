@@ -208,23 +208,29 @@ def taxonomy(
                                             help="Kafka, to rebuild the per-clip files from the topics ('' skips)."),
     out: Path = typer.Option(Path("out/taxonomy"), "--out", "-o", help="Output folder."),
     wait: float = typer.Option(0.0, help="Seconds to wait for the taxonomy to be built."),
+    token: Optional[str] = typer.Option(None, envvar="AUDITORYHUM_AUTH_TOKEN", show_envvar=True,
+                                        help="The service's bearer token, when it has one."),
 ) -> None:
     """Fetch a dataset's taxonomy over gRPC and write the same output files as `run`."""
     from auditoryhum import topics
+    from auditoryhum.bus.codec import CodecError
     from auditoryhum.bus.kafka import read_topics
     from auditoryhum.models import Models
     from auditoryhum.outputs import OutputWriter
     from auditoryhum.service.client import wait_for_taxonomy
 
     try:
-        result = wait_for_taxonomy(clusterer, dataset, wait)
+        result = wait_for_taxonomy(clusterer, dataset, wait, token)
     except LookupError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     writer = OutputWriter(out, dataset=dataset)
     if bootstrap:
         for record in read_topics(bootstrap, [t for t in OutputWriter.consumes if t != topics.TAXONOMY]):
-            writer.handle(record.message())
+            try:
+                writer.handle(record.message())
+            except CodecError:  # a foreign or malformed record: the services dead-lettered it, so the DLQ has it
+                continue
     writer.taxonomies[dataset] = result
     summary = writer.finish(dataset, Models(load_settings()).embedder, {"skipped_files": [], "seconds": None,
                                                                     "clips_per_s": None})

@@ -10,7 +10,12 @@ from auditoryhum.v1 import pipeline_pb2 as pb
 from auditoryhum.v1 import services_pb2, services_pb2_grpc
 
 
-def wait_for_taxonomy(address: str, dataset: str, wait_s: float = 0.0) -> pb.Taxonomy:
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata a service with an auth token expects."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def wait_for_taxonomy(address: str, dataset: str, wait_s: float = 0.0, token: str | None = None) -> pb.Taxonomy:
     """The dataset's taxonomy from the clusterer, polling up to ``wait_s`` while it is not built yet or the
     service is not up; raises LookupError with the last status otherwise."""
     deadline = time.monotonic() + wait_s
@@ -18,7 +23,8 @@ def wait_for_taxonomy(address: str, dataset: str, wait_s: float = 0.0) -> pb.Tax
         stub = services_pb2_grpc.ClustererServiceStub(channel)
         while True:
             try:
-                return stub.GetTaxonomy(services_pb2.GetTaxonomyRequest(dataset=dataset), timeout=10).taxonomy
+                return stub.GetTaxonomy(services_pb2.GetTaxonomyRequest(dataset=dataset), timeout=10,
+                                        metadata=bearer_metadata(token)).taxonomy
             except grpc.RpcError as exc:
                 if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE) \
                         or time.monotonic() > deadline:
@@ -36,7 +42,7 @@ class ReviewClient:
     def __init__(self, address: str, token: str | None = None, timeout_s: float = 30.0):
         self._channel = grpc.insecure_channel(address)
         self._stub = services_pb2_grpc.ReviewServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
         self._timeout_s = timeout_s
 
     def pending(self, dataset: str = "") -> list[pb.ReviewTask]:
