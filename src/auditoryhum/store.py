@@ -42,6 +42,8 @@ review_clips = Table(
     Column("task_id", String, nullable=True, index=True),
     Column("reason", String, nullable=True),
     Column("alignment", LargeBinary, nullable=True),
+    # The clip's label: the model's best, then its final label (what reviewers pick corrections from).
+    Column("label", String, nullable=True, index=True),
     # A pending task is held by one reviewer until lease_expires (epoch seconds); expired leases are free.
     Column("lease_owner", String, nullable=True),
     Column("lease_expires", Float, nullable=True),

@@ -95,23 +95,16 @@ class ReviewDesk:
             return self._view(row) if row else None
 
     def labels(self, dataset: str = "", prefix: str = "", limit: int = 50) -> list[str]:
-        """Labels already given in a dataset (model or human), for picking a correction; most used first."""
-        alignments = select(review_clips.c.alignment).where(review_clips.c.status == FINAL)
+        """Final labels already given in a dataset (model or human), for picking a correction; most used first."""
+        count = func.count().label("n")
+        query = select(review_clips.c.label, count).where(review_clips.c.status == FINAL,
+                                                          review_clips.c.label.startswith(prefix.strip().lower(),
+                                                                                          autoescape=True))
         if dataset:
-            alignments = alignments.where(review_clips.c.dataset == dataset)
-        counts: dict[str, int] = {}
+            query = query.where(review_clips.c.dataset == dataset)
+        query = query.group_by(review_clips.c.label).order_by(count.desc(), review_clips.c.label).limit(limit)
         with self.store.transaction() as db:
-            for blob in db.execute(alignments).scalars():
-                label = pb.Alignment.FromString(blob).best_label
-                counts[label] = counts.get(label, 0) + 1
-            decided = select(review_decisions.c.final_label).where(review_decisions.c.final_label.is_not(None))
-            if dataset:
-                decided = decided.where(review_decisions.c.dataset == dataset)
-            for label in db.execute(decided).scalars():
-                counts[label] = counts.get(label, 0) + 1
-        prefix = prefix.strip().lower()
-        matching = [label for label in counts if label.startswith(prefix)]
-        return sorted(matching, key=lambda label: (-counts[label], label))[:limit]
+            return list(db.execute(query).scalars())
 
     def audio_path(self, task_id: str) -> Path | None:
         """The local audio file of a pending task's clip: the only files the UI ever serves."""

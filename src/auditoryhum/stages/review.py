@@ -109,7 +109,8 @@ class ReviewStage(Stage):
         if status is not None:
             return []  # a replay: its outputs were already emitted
         db.execute(insert(review_clips).values(dataset=clip.dataset, clip_id=clip.clip_id, status=SCORED,
-                                               score=alignment.best_score, alignment=alignment.SerializeToString()))
+                                               score=alignment.best_score, label=alignment.best_label,
+                                               alignment=alignment.SerializeToString()))
         if self.policy.threshold is None:
             return self._progress(db, clip.dataset)
         if alignment.best_score < self.policy.threshold:
@@ -224,7 +225,7 @@ class ReviewStage(Stage):
                action: int = pb.REVIEW_ACTION_UNSPECIFIED, score: float | None = None) -> Out:
         """The clip's final label: the alignment's best label. ``score`` is the model's original score when the
         alignment is a re-scoring."""
-        self._set(db, alignment.clip, status=FINAL, lease_owner=None, lease_expires=None)
+        self._set(db, alignment.clip, status=FINAL, label=alignment.best_label, lease_owner=None, lease_expires=None)
         final = pb.FinalLabel(clip=alignment.clip, label=alignment.best_label, source=source,
                               score=alignment.best_score if score is None else score,
                               final_score=alignment.best_score, review_action=action,

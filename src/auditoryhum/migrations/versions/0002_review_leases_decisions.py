@@ -1,4 +1,5 @@
-"""Review leases (one reviewer holds a pending task until it expires) and the decisions' audit trail.
+"""Review leases (one reviewer holds a pending task until it expires), each clip's current label (the reviewers'
+choices), and the decisions' audit trail.
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +19,8 @@ def upgrade() -> None:
     with op.batch_alter_table("review_clips_v1") as batch:
         batch.add_column(sa.Column("lease_owner", sa.String(), nullable=True))
         batch.add_column(sa.Column("lease_expires", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("label", sa.String(), nullable=True))
+        batch.create_index("ix_review_clips_v1_label", ["label"])
     op.create_table(
         "review_decisions_v1",
         sa.Column("task_id", sa.String(), primary_key=True),
@@ -39,5 +42,7 @@ def downgrade() -> None:
     op.drop_index("ix_review_decisions_v1_dataset", table_name="review_decisions_v1")
     op.drop_table("review_decisions_v1")
     with op.batch_alter_table("review_clips_v1") as batch:
+        batch.drop_index("ix_review_clips_v1_label")
+        batch.drop_column("label")
         batch.drop_column("lease_expires")
         batch.drop_column("lease_owner")
