@@ -153,16 +153,27 @@ class ReviewDesk:
             raise LeaseHeld(task_id, row.lease_owner, row.lease_expires)
         return self._view(row)
 
-    def next(self, reviewer: str, dataset: str = "") -> TaskView | None:
-        """Lease the worst-scoring task that is free (or already the reviewer's); None when none is left."""
+    def next(self, reviewer: str, dataset: str = "", skip: str = "") -> TaskView | None:
+        """Lease the worst-scoring task that is free (or already the reviewer's); None when none is left. With
+        ``skip``, the reviewer puts that task back and gets the next one after it in queue order (or, past the end,
+        the worst again)."""
         reviewer = reviewer_name(reviewer)
+        after = None
+        if skip and (skipped := self.task(skip)) is not None:
+            self.release(skip, reviewer)
+            after = or_(review_clips.c.score > skipped.score,
+                        and_(review_clips.c.score == skipped.score, review_clips.c.clip_id > skipped.clip_id))
         for _ in range(20):  # another reviewer may take the candidate between the read and the lease: try the next
-            now = self.clock()
-            query = select(review_clips.c.task_id).where(review_clips.c.status == PENDING, _free_or_mine(reviewer, now))
+            query = select(review_clips.c.task_id).where(review_clips.c.status == PENDING,
+                                                         _free_or_mine(reviewer, self.clock()))
             if dataset:
                 query = query.where(review_clips.c.dataset == dataset)
             with self.store.transaction() as db:
-                task_id = db.execute(query.order_by(review_clips.c.score, review_clips.c.clip_id).limit(1)).scalar()
+                task_id = db.execute((query.where(after) if after is not None else query)
+                                     .order_by(review_clips.c.score, review_clips.c.clip_id).limit(1)).scalar()
+            if task_id is None and after is not None:  # nothing after the skipped task: from the top
+                after = None
+                continue
             if task_id is None:
                 return None
             try:

@@ -250,27 +250,12 @@ class _ReviewUi:
 
     async def goto_next(self, request: Request, reviewer: str, skip: str = "") -> Response:
         dataset = request.session.get("dataset", "")
-        view = await run_in_threadpool(self._next, reviewer, dataset, skip)
+        view = await run_in_threadpool(self.desk.next, reviewer, dataset, skip)
         if view is None:
             request.session["flash"] = " ".join(filter(None, [request.session.get("flash"),
                                                               "No task left to review here."]))
             return RedirectResponse("/", 303)
         return RedirectResponse(task_path(view.task_id), 303)
-
-    def _next(self, reviewer: str, dataset: str, skip: str) -> TaskView | None:
-        """The worst free task; when skipping one, it is released and the next free task after it comes first.
-        (The desk's next() would hand the skipped task straight back, being the worst.)"""
-        current = self.desk.task(skip) if skip else None
-        if current is not None:
-            self.desk.release(current.task_id, reviewer)
-            for view in self.desk.tasks(dataset, limit=QUEUE_ROWS):
-                after = (view.score, view.clip_id) > (current.score, current.clip_id)
-                if after and view.lease_owner in (None, reviewer):
-                    try:
-                        return self.desk.claim(view.task_id, reviewer)
-                    except ReviewError:
-                        continue
-        return self.desk.next(reviewer, dataset)
 
     async def release(self, request: Request) -> Response:
         form = await self.post_form(request)
