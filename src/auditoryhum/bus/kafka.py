@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -25,6 +25,8 @@ from auditoryhum.bus.codec import encode
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Every blocking call into kafka-python is bounded by this: without a timeout some of them wait forever.
+REQUEST_TIMEOUT_MS = 15_000
 
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, timeout_s: float = 30.0) -> list[str]:
@@ -70,10 +72,17 @@ def _wait_for_group_coordinator(admin: KafkaAdminClient, timeout_s: float) -> No
 
 
 class KafkaBus:
+    """``stall_after_s`` (default: the session timeout): how long a consumer may go without delivering a record
+    before it checks whether it is stuck (see :meth:`KafkaBusConsumer.poll`); ``on_stall(group, kind)`` is told
+    of each stuck consumer it rebuilds (the services count them in a metric)."""
+
     def __init__(self, bootstrap: str, *, client_id: str = "auditoryhum", instance_id: str | None = None,
-                 session_timeout_ms: int = 10_000, linger_ms: int = 5, connect_timeout_s: float = 30.0):
+                 session_timeout_ms: int = 10_000, linger_ms: int = 5, connect_timeout_s: float = 30.0,
+                 stall_after_s: float | None = None, on_stall: Callable[[str, str], None] | None = None):
         self.bootstrap, self.client_id, self.instance_id = bootstrap, client_id, instance_id
         self.session_timeout_ms = session_timeout_ms
+        self.stall_after_s = session_timeout_ms / 1000 if stall_after_s is None else stall_after_s
+        self.on_stall = on_stall or (lambda group, kind: None)
         try:
             self._producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                                            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
@@ -115,14 +124,17 @@ class KafkaBus:
 
 
 class KafkaBusConsumer(ConsumerRebalanceListener):
+    """A group member that watches its own progress. kafka-python 3.0 can leave a consumer that believes all is
+    well yet never delivers a record (see :meth:`_stall`): once its polls have delivered nothing for
+    ``bus.stall_after_s`` while records wait, it is rebuilt. Every call into kafka-python that can block carries
+    a timeout, so a stuck coordinator never hangs the service's loop, where the watch runs."""
+
     def __init__(self, bus: KafkaBus, group: str, topics: Sequence[str]):
         self.bus, self.group, self.topics = bus, group, list(topics)
-        self._next: dict[TopicPartition, int] = {}  # first offset not yet acknowledged, per partition
-        self._acked: dict[TopicPartition, set[int]] = {}
-        self._committed: dict[TopicPartition, int] = {}
-        self._consumer = self._connect()
+        self._consumer: KafkaConsumer | None = None  # None after a rebuild until it reconnects
+        self._connect()
 
-    def _connect(self) -> KafkaConsumer:
+    def _connect(self) -> None:
         bus = self.bus
         extra = {"group_instance_id": f"{self.group}-{bus.instance_id}"} if bus.instance_id else {}
         try:
@@ -132,47 +144,105 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
                 session_timeout_ms=bus.session_timeout_ms, heartbeat_interval_ms=bus.session_timeout_ms // 4,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                 metadata_max_age_ms=10_000, **extra)  # sees new partitions within seconds, not 5 minutes
+            # Partition metadata first, so the first assignment usually covers every partition (on a fresh broker a
+            # second rebalance can follow at once: see _keep_join_alive).
+            for topic in self.topics:
+                consumer.partitions_for_topic(topic)
         except KafkaError as exc:
             raise BusError(f"cannot reach Kafka at {bus.bootstrap}: {exc}") from exc
-        # Partition metadata first: joining without it assigns nothing and forces an immediate second rebalance.
-        for topic in self.topics:
-            consumer.partitions_for_topic(topic)
         consumer.subscribe(self.topics, listener=self)
-        return consumer
+        self._consumer = consumer
+        self._next: dict[TopicPartition, int] = {}  # first offset not yet acknowledged, per partition
+        self._acked: dict[TopicPartition, set[int]] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._delivered: dict[TopicPartition, int] = {}  # offset after the last record delivered, per partition
+        self._empty_since: float | None = None  # polls have delivered nothing since then
+        self._checked_at = 0.0
 
     def poll(self, max_records: int = 64, timeout_s: float = 0.0) -> list[Record]:
-        self._check_membership()
+        if self._consumer is not None:
+            self._watch()  # may close a stuck consumer...
+        if self._consumer is None:
+            self._connect()  # ...rebuilt here; BusError while the broker is away: the caller waits, polls again
         self.commit()
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             raise BusError(f"poll failed: {exc}") from exc
+        self._keep_join_alive()
         out = []
         for tp, records in batches.items():
             self._next.setdefault(tp, records[0].offset)
             self._acked.setdefault(tp, set())
+            self._delivered[tp] = records[-1].offset + 1
             out += [_record(r) for r in records]
+        # Only time spent polling in vain counts towards a stall, never the time the stage spends on a batch.
+        self._empty_since = None if out else self._empty_since or time.monotonic()
         return out
 
-    def _check_membership(self) -> None:
-        """Work around kafka-python 3.0.12: right after a quick rejoin its heartbeat loop can stop for good; the
-        broker drops the member after the session timeout and the consumer idles forever, believing itself a
-        stable member. Such a member, with no heartbeat answered for a whole session, is rebuilt: it commits
-        what it finished, reconnects and rejoins (under the same static id, if it has one)."""
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        heartbeat = getattr(coordinator, "heartbeat", None)
-        if heartbeat is None or not coordinator.stable():
+    def _keep_join_alive(self) -> None:
+        """The root cause of consumers that never consume (kafka-python 3.0.12): a join runs as a task that only
+        the poll which started it completes (assignment applied, member STABLE, heartbeats on). When that poll's
+        timeout ends first, the next poll awaits the task again only if the coordinator still wants a rejoin;
+        but a rejoin asked for by a metadata change (a fresh broker's new topics, added partitions) does not set
+        that flag, and the leader's assignment step clears the other trigger. The member then stays REBALANCING
+        for ever: no assignment, no heartbeats, no fetches, no error. Asking for the rejoin again makes the next
+        poll await the join in flight (or start a new one if it already ended)."""
+        coordinator = self._consumer._coordinator
+        if coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
+            coordinator.request_rejoin()
+
+    def _watch(self) -> None:
+        """Rebuild a stuck consumer: logged and reported, it commits what it finished and closes; the next poll
+        reconnects and rejoins. What it had not committed is read again: replays are harmless."""
+        now = time.monotonic()
+        stall = self._heartbeats_stopped(now)
+        idle_s, window = now - (self._empty_since or now), self.bus.stall_after_s
+        if stall is None and idle_s >= window and now - self._checked_at >= window / 2:
+            self._checked_at = now
+            stall = self._stall(idle_s)
+        if stall is None:
             return
-        silent_s = time.monotonic() - max(heartbeat.last_receive, heartbeat.last_reset)
+        kind, why = stall
+        log.warning("%s: %s; rebuilding the consumer and rejoining the group", self.group, why,
+                    extra={"group": self.group, "stall": kind})
+        self.bus.on_stall(self.group, kind)
+        try:
+            self.commit()
+        except BusError as exc:
+            log.warning("%s: %s", self.group, exc)
+        self._consumer.close(autocommit=False, timeout_ms=REQUEST_TIMEOUT_MS)
+        self._consumer = None
+
+    def _heartbeats_stopped(self, now: float) -> tuple[str, str] | None:
+        """kafka-python 3.0.12: right after a quick rejoin its heartbeat loop can stop for good; the broker drops
+        the member after the session timeout while it goes on believing itself a stable member, and its commits
+        are refused. Checked on every poll: it costs two clock readings."""
+        coordinator = self._consumer._coordinator
+        if not coordinator.stable():
+            return None
+        silent_s = now - max(coordinator.heartbeat.last_receive, coordinator.heartbeat.last_reset)
         if silent_s > self.bus.session_timeout_ms / 1000:
-            log.warning("%s: no heartbeat answered for %.0f s; rejoining the group", self.group, silent_s)
-            try:
-                self.commit()
-            except BusError as exc:  # what was not committed is read again: replays are harmless
-                log.warning("%s: %s", self.group, exc)
-            self._consumer.close(autocommit=False)
-            self._next, self._acked, self._committed = {}, {}, {}
-            self._consumer = self._connect()
+            return "heartbeat", f"no heartbeat answered for {silent_s:.0f} s"
+        return None
+
+    def _stall(self, idle_s: float) -> tuple[str, str] | None:
+        """Why a consumer that delivered nothing for ``idle_s`` is stuck (kind, words), or None if it is merely
+        idle: it never completes a join, or it holds partitions whose waiting records it never delivers."""
+        if not self._consumer._coordinator.stable():
+            # A join may legitimately wait for a group's slow members (up to their poll interval): three windows.
+            if idle_s > 3 * self.bus.stall_after_s:
+                return "unjoined", f"not a member of its group after {idle_s:.0f} s"
+            return None
+        try:
+            waiting = self.lag(consumed=True)
+        except BusError:  # the broker is away: an outage, which the service reports and waits out
+            return None
+        if waiting:
+            return "idle", (f"holds {len(self._consumer.assignment())} partitions with {waiting} records waiting, "
+                            f"none delivered for {idle_s:.0f} s")
+        self._empty_since = time.monotonic()  # merely idle: a new window starts
+        return None
 
     def ack(self, record: Record) -> None:
         tp = TopicPartition(record.topic, record.partition)
@@ -186,43 +256,58 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
 
     def nack(self, record: Record) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        if tp not in self._next:
+        if tp not in self._next or self._consumer is None:  # rebuilt meanwhile: it re-reads from the commit
             return
         self._acked[tp] = {o for o in self._acked[tp] if o < record.offset}
-        self._next[tp] = min(self._next[tp], record.offset)
+        self._next[tp] = self._delivered[tp] = min(self._next[tp], record.offset)
         self._consumer.seek(tp, self._next[tp])
 
     def commit(self) -> None:
         offsets = {tp: OffsetAndMetadata(n, "", -1) for tp, n in self._next.items() if self._committed.get(tp) != n}
-        if not offsets:
+        if not offsets or self._consumer is None:
             return
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit(offsets, timeout_ms=REQUEST_TIMEOUT_MS)
             self._committed.update({tp: o.offset for tp, o in offsets.items()})
         except CommitFailedError as exc:  # a rebalance took the partitions: their new owner replays, harmlessly
             log.warning("%s: commit refused after a rebalance: %s", self.group, exc)
         except KafkaError as exc:
             raise BusError(f"commit failed: {exc}") from exc
 
-    def lag(self) -> int:
-        """Records on this consumer's partitions not yet committed by its group."""
-        assigned = self._consumer.assignment()
+    def lag(self, *, consumed: bool = False) -> int:
+        """Records on this consumer's partitions not yet committed by its group (``consumed``: not yet delivered
+        to this consumer either). Bounded in time: raises BusError when the broker does not answer."""
+        assigned = list(self._consumer.assignment()) if self._consumer is not None else []
         if not assigned:
             return 0
-        ends = self._consumer.end_offsets(list(assigned))
-        return sum(max(0, ends[tp] - (self._consumer.committed(tp) or 0)) for tp in assigned)
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=REQUEST_TIMEOUT_MS)
+            starts = self._consumer.beginning_offsets(assigned, timeout_ms=REQUEST_TIMEOUT_MS)
+            committed = {tp: self._consumer.committed(tp, timeout_ms=REQUEST_TIMEOUT_MS) for tp in assigned}
+        except KafkaError as exc:
+            raise BusError(f"offsets of {len(assigned)} partitions unavailable: {exc}") from exc
+        total = 0
+        for tp in assigned:
+            position = starts[tp] if committed[tp] is None else committed[tp]
+            if consumed:
+                position = max(position, self._delivered.get(tp, 0))
+            total += max(0, ends[tp] - position)
+        return total
 
     def close(self) -> None:
+        if self._consumer is None:
+            return
         try:
             self.commit()
         finally:
-            self._consumer.close(autocommit=False)
+            self._consumer.close(autocommit=False, timeout_ms=REQUEST_TIMEOUT_MS)
 
     # ConsumerRebalanceListener. It runs on kafka-python's IO thread, where a blocking commit is refused; the
     # finished offsets were committed at the last poll, and anything after them is re-read by the new owner.
     def on_partitions_revoked(self, revoked) -> None:
         for tp in revoked:
-            self._next.pop(tp, None), self._acked.pop(tp, None), self._committed.pop(tp, None)
+            for offsets in (self._next, self._acked, self._committed, self._delivered):
+                offsets.pop(tp, None)
 
     def on_partitions_assigned(self, assigned) -> None:
         pass

@@ -114,8 +114,11 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     check_bind(settings.grpc_host, _token(settings))  # before anything starts
     ensure_topics(settings.bootstrap, topics.ALL, settings.partitions)
+    for kind in metrics.STALL_KINDS:  # zeros from the start, so a dashboard sees the series before a stall
+        metrics.CONSUMER_STALLS.labels(name, kind)
     bus = KafkaBus(settings.bootstrap, client_id=f"auditoryhum-{name}", instance_id=settings.instance_id,
-                   session_timeout_ms=settings.session_timeout_ms)
+                   session_timeout_ms=settings.session_timeout_ms, stall_after_s=settings.stall_timeout_s,
+                   on_stall=lambda group, kind: metrics.CONSUMER_STALLS.labels(name, kind).inc())
     with ExitStack() as stack:
         stack.callback(bus.close)
         stage, servicers = WIRING[name](settings, Models(settings), stack)
@@ -131,7 +134,7 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
         lag_at = 0.0
         while not stop.is_set():
             try:
-                worker.step(timeout_s=0.2)
+                worker.step(timeout_s=settings.poll_timeout_s)
                 if time.monotonic() - lag_at > LAG_EVERY_S:
                     lag_at = time.monotonic()
                     metrics.CONSUMER_LAG.labels(name).set(worker.consumer.lag())

@@ -98,11 +98,11 @@ class LocalStack:
 
     def start(self, name: str, wait_s: float = 120.0) -> subprocess.Popen:
         """Start service ``name`` and wait until its gRPC health check says SERVING."""
-        process = self._spawn(name)
+        process = self.spawn(name)
         self.wait_serving(name, wait_s, process)
         return process
 
-    def _spawn(self, name: str) -> subprocess.Popen:
+    def spawn(self, name: str) -> subprocess.Popen:
         i = SERVICES.index(name)
         env = {**os.environ, **self.env,
                "AUDITORYHUM_BOOTSTRAP": self.bootstrap, "AUDITORYHUM_GRPC_PORT": str(self.port_base + i),
@@ -133,34 +133,40 @@ class LocalStack:
 
     def signal(self, name: str, sig: int = signal.SIGTERM, wait_s: float = 30.0) -> None:
         """Send ``sig`` to a service and wait for it to exit (SIGKILL is the crash test)."""
-        pidfile = self._pidfile(name)
-        if not pidfile.exists():
-            return
-        pid = int(pidfile.read_text())
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pidfile.unlink(missing_ok=True)
-            return
+        self._stop((name,), sig, wait_s)
+
+    def _stop(self, names: tuple[str, ...], sig: int, wait_s: float) -> None:
+        """Signal every named service at once, then wait for each (SIGKILL after ``wait_s``)."""
+        pids = {}
+        for name in names:
+            pidfile = self._pidfile(name)
+            if not pidfile.exists():
+                continue
+            pid = int(pidfile.read_text())
+            try:
+                os.kill(pid, sig)
+                pids[name] = pid
+            except ProcessLookupError:
+                pidfile.unlink(missing_ok=True)
         deadline = time.monotonic() + wait_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        pidfile.unlink(missing_ok=True)
+        for name, pid in pids.items():
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            self._pidfile(name).unlink(missing_ok=True)
 
     def up(self, services: tuple[str, ...] = SERVICES, *, kafka: bool = True, wait_s: float = 180.0) -> None:
         """Kafka and Triton, then the services, started side by side and awaited."""
         if kafka:
             self.start_kafka()
         self.start_triton()
-        processes = {name: self._spawn(name) for name in services}
+        processes = {name: self.spawn(name) for name in services}
         for name, process in processes.items():
             self.wait_serving(name, wait_s, process)
 
     def stop_services(self) -> None:
-        for name in SERVICES:
-            self.signal(name)
+        self._stop(SERVICES, signal.SIGTERM, 30.0)
         self.stop_triton()
 
     def down(self) -> None:

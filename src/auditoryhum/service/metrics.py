@@ -30,6 +30,10 @@ ERRORS = Counter("auditoryhum_errors", "Failures of a stage worker, by kind (e.g
 BATCH_SECONDS = Histogram("auditoryhum_batch_seconds", "Time to handle one batch and publish its outputs", ["stage"],
                           buckets=SECONDS_BUCKETS)
 CONSUMER_LAG = Gauge("auditoryhum_consumer_lag", "Records on the stage's input topics not yet consumed", ["stage"])
+CONSUMER_STALLS = Counter("auditoryhum_consumer_stalls", "Kafka consumers found stuck and rebuilt, by kind: heartbeat "
+                          "(no heartbeat answered for a session), unjoined (no join completed), idle (held partitions "
+                          "whose waiting records it never delivered)", ["stage", "kind"])
+STALL_KINDS = ("heartbeat", "unjoined", "idle")
 
 
 class StageMetrics(runner.Metrics):

@@ -24,6 +24,11 @@ class ServiceSettings(Settings):
     instance_id: str | None = Field(None, description="stable member id (e.g. the pod name): a restarted "
                                                       "instance takes its partitions back at once")
     session_timeout_ms: int = Field(10_000, ge=6_000, description="Kafka consumer-group session timeout")
+    poll_timeout_s: float = Field(0.2, gt=0, le=10, description="longest a poll waits for records when there are none "
+                                                              "(shorter: less latency; longer: fewer wake-ups)")
+    stall_timeout_s: float | None = Field(None, gt=0, description="a consumer whose polls deliver nothing for this "
+                                                                  "long while records wait is rebuilt and rejoins "
+                                                                  "(default: the session timeout)")
     grpc_host: str = Field("127.0.0.1", description="address the gRPC and metrics servers bind "
                                                       "(0.0.0.0 in a container)")
     grpc_port: int | None = Field(None, ge=0, le=65535, description="default: 50051-50054 by service")
