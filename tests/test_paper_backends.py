@@ -16,7 +16,10 @@ from auditoryhum import topics
 from auditoryhum.audio import Audio, load
 from auditoryhum.backends import BackendUnavailable, ScoreItem
 from auditoryhum.backends.clap import ClapScorer, LaionClapScorer, resample_for_clap
-from auditoryhum.backends.mllm import HINT_PREFIX, PROMPT_ID, USER_PROMPT, MllmLabeler
+from auditoryhum.backends.mllm import (HINT_PREFIX, PROMPT_ID, QWEN_OMNI_SYSTEM_PROMPT, SYSTEM_PROMPT, USER_PROMPT,
+                                      MllmLabeler, _quantization, quantization_config)
+from auditoryhum.config import Settings
+from auditoryhum.models import FOUR_BIT
 from auditoryhum.backends.text import SentenceEmbedder
 from auditoryhum.labels import parse_labels
 from auditoryhum.stages.aligner import AlignerStage
@@ -27,7 +30,11 @@ from tests.conftest import LINCITY
 # Different lengths and source rates, so prompts differ in audio tokens and batches need padding.
 CLIPS = [LINCITY / name for name in ("Build1.wav", "CoalMine2.wav", "Blacksmith1.wav")]
 HINTS = ["", "a hammer striking an anvil", ""]
-FAMILIES = {"tiny_qwen2_audio": "qwen2_audio", "tiny_qwen2_5_omni": "qwen2_5_omni", "tiny_gemma3n": "gemma3n"}
+FAMILIES = {"tiny_qwen2_audio": "qwen2_audio", "tiny_qwen2_5_omni": "qwen2_5_omni", "tiny_qwen3_omni": "qwen3_omni",
+            "tiny_gemma3n": "gemma3n"}
+# The authors' system turn per family: the Qwen Omni models need the Qwen team's own.
+SYSTEM_ROLES = {"qwen2_audio": SYSTEM_PROMPT, "qwen2_5_omni": QWEN_OMNI_SYSTEM_PROMPT,
+                "qwen3_omni": QWEN_OMNI_SYSTEM_PROMPT, "gemma3n": SYSTEM_PROMPT}
 
 
 def load_clip(clip: pb.Clip, rate: int) -> Audio:
@@ -66,6 +73,14 @@ def test_hint_is_appended_to_the_prompt_and_prompts_are_left_padded(labeler, aud
     assert bool(mask[:, -1].all()) and not bool(mask.all())  # padding only on the left, where prompts are shorter
 
 
+def test_each_family_gets_the_authors_system_role(labeler, audio):
+    (prompt,) = labeler.processor.tokenizer.batch_decode(labeler.inputs(audio[:1])["input_ids"])
+    role = SYSTEM_ROLES[labeler.family]
+    assert role in prompt and prompt.index(role) < prompt.index(USER_PROMPT)
+    other = SYSTEM_PROMPT if role == QWEN_OMNI_SYSTEM_PROMPT else QWEN_OMNI_SYSTEM_PROMPT
+    assert other not in prompt
+
+
 def test_batched_generation_equals_one_by_one(labeler, audio):
     batched = labeler.describe(audio, HINTS)
     single = [labeler.describe([a], [h])[0] for a, h in zip(audio, HINTS)]
@@ -86,12 +101,16 @@ def test_labeler_stage_parses_the_text_or_dead_letters_it(labeler):
             assert out.topic == topics.DLQ and out.message.reason.startswith("no usable label in model output")
 
 
-def test_omni_thinker_saved_alone_loads_like_the_released_layout(tiny_qwen2_5_omni, tmp_path):
-    released = MllmLabeler(str(tiny_qwen2_5_omni))  # weights under thinker., talker disabled
+@pytest.mark.parametrize("checkpoint, family, thinker", [
+    ("tiny_qwen2_5_omni", "qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration"),
+    ("tiny_qwen3_omni", "qwen3_omni", "Qwen3OmniMoeThinkerForConditionalGeneration")])
+def test_omni_thinker_saved_alone_loads_like_the_released_layout(checkpoint, family, thinker, request, tmp_path):
+    released = MllmLabeler(str(request.getfixturevalue(checkpoint)))  # weights under thinker., talker disabled
+    assert type(released.model).__name__ == thinker and released.family == family
     released.model.save_pretrained(tmp_path)
     released.processor.save_pretrained(tmp_path)
     alone = MllmLabeler(str(tmp_path))
-    assert alone.model.config.model_type == "qwen2_5_omni_thinker" and alone.family == "qwen2_5_omni"
+    assert alone.model.config.model_type == f"{released.model.config.model_type}" and alone.family == family
     clip = [load(CLIPS[0], alone.sample_rate)]
     assert alone.describe(clip) == released.describe(clip)
 
@@ -102,6 +121,20 @@ def test_mllm_refuses_what_this_machine_cannot_do(tiny_qwen2_audio):
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="4-bit loading needs a CUDA device"):
             MllmLabeler(str(tiny_qwen2_audio), load_in_4bit=True)
+
+
+def test_the_paper_profile_loads_mllms_as_the_authors_did_where_cuda_is(tiny_qwen2_audio):
+    config = quantization_config()  # the reference's BitsAndBytesConfig
+    assert (config.load_in_4bit, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant,
+            config.bnb_4bit_compute_dtype) == (True, "nf4", True, torch.bfloat16)
+    assert FOUR_BIT[Settings(profile="paper").labeler_4bit] is None  # auto
+    assert FOUR_BIT[Settings().labeler_4bit] is False
+    assert FOUR_BIT[Settings(profile="paper", labeler_4bit="off").labeler_4bit] is False
+    # auto: full weights where there is no GPU, instead of refusing
+    assert _quantization(None, "cpu") is None
+    assert MllmLabeler(str(tiny_qwen2_audio), load_in_4bit=None, device="cpu").model.dtype == torch.float32
+    if torch.cuda.is_available():
+        assert _quantization(None, "cuda").bnb_4bit_use_double_quant
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +168,37 @@ def test_clap_runs_in_the_aligner_stage(clap):
     assert [s.label for s in alignment.scores] == ["car horn", "hammer"] and -1 <= alignment.best_score <= 1
     with pytest.raises(ValueError, match="without it"):  # CLAP cannot score labels alone; the stage dead-letters
         clap.score_batch([ScoreItem(["car horn"])])
+
+
+def test_fused_clap_scores_a_clip_the_same_in_any_batch_and_any_run(tiny_clap_fused, tiny_clap):
+    # The authors' processor is laion/clap-htsat-fused: for a batch of clips shorter than its window, the feature
+    # extractor marks one random clip as "longer", so batched extraction scored clips differently.
+    fused = ClapScorer(str(tiny_clap_fused), processor_path=str(tiny_clap))
+    # The checkpoint's own processor wins over the fallback one when the folder has one.
+    assert fused.processor.feature_extractor.truncation == "fusion"
+    clips = [LINCITY / name for name in ("Build1.wav", "CoalMine2.wav", "Blacksmith1.wav", "Fire1.wav")]
+    items = [ScoreItem(["car horn", "rain falling"], audio=partial(load, p, fused.sample_rate)) for p in clips]
+    runs = [fused.score_batch(items) for _ in range(3)]
+    single = [fused.score_batch([item])[0] for item in items]
+    for run in runs:
+        for got, want in zip(run, single):
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+            np.testing.assert_allclose(got.audio_embedding, want.audio_embedding, atol=1e-5)
+    # The same clip as a long one (15 s, cropped at random by the extractor) also scores the same every time.
+    long = load(LINCITY / "Build1.wav", fused.sample_rate)
+    long = Audio(np.tile(long.samples, int(np.ceil(15 * long.sample_rate / len(long.samples)))), long.sample_rate,
+                 long.sample_rate, 1)
+    first, second = (fused.score_batch([ScoreItem(["car horn"], audio=lambda: long)])[0] for _ in range(2))
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+def test_the_paper_profile_scores_the_authors_16_bit_16k_audio():
+    assert Settings(profile="paper").clap_resample_via_16k and not Settings().clap_resample_via_16k
+    noise = Audio(np.random.default_rng(1).uniform(-0.5, 0.5, 16_000).astype(np.float32), 16_000, 16_000, 1)
+    as_read = resample_for_clap(noise, 16_000, via_16k=True)
+    np.testing.assert_array_equal(as_read * 32768, np.round(as_read * 32768))  # on the 16-bit grid
+    assert not np.array_equal(resample_for_clap(noise, 16_000, via_16k=False) * 32768,
+                              np.round(noise.samples * 32768))
 
 
 def test_resampling_via_16k_keeps_nothing_above_8k(tiny_clap):

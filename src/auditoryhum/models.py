@@ -15,6 +15,9 @@ from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.naming import TextGenerator
 
 
+FOUR_BIT = {"on": True, "off": False, "auto": None}  # None: 4-bit where CUDA is, full weights elsewhere
+
+
 class Models:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -67,7 +70,7 @@ class Models:
                 return self._triton_backend(TritonLabeler, "mllm_labeler")
             from auditoryhum.backends.mllm import MllmLabeler
 
-            return MllmLabeler(s.labeler_model)
+            return MllmLabeler(s.labeler_model, load_in_4bit=FOUR_BIT[s.labeler_4bit])
         from auditoryhum.backends.yamnet import TaggerLabeler
 
         return TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)

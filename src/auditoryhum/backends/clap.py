@@ -6,9 +6,16 @@ reachable, by id. The paper's is the authors' Human-CLAP, :data:`HUMAN_CLAP_ID`,
 
 A label's score is the cosine between the clip's audio embedding and the label's text embedding, in [-1, 1].
 
-``resample_via_16k``: the Human-CLAP authors read their audio at 16 kHz and resampled it up to CLAP's 48 kHz, so
-the model saw nothing above 8 kHz. Set it to score as they did (scores comparable with the paper's); leave it off
-to give the model the full band. Either way resampling is soxr's high-quality one, not the authors' resampler.
+``resample_via_16k`` (the paper profile's default): the authors converted every file to 16 kHz, 16-bit, mono
+(ffmpeg) and loaded it at CLAP's 48 kHz, so the model saw nothing above 8 kHz. Set it to score as they did (scores
+comparable with the paper's); leave it off to give the model the full band. Either way resampling is soxr's
+high-quality one, not ffmpeg's and librosa's.
+
+Features are extracted one clip at a time, as the authors did, and only the model runs batched: for a batch with no
+clip longer than the window, the Hugging Face feature extractor of a fused checkpoint marks ``is_longer`` on one
+randomly chosen clip, so batched extraction would score a clip differently from one-by-one, and differently from
+run to run. A clip longer than the window is cropped at random by that extractor (the authors' runs too); here
+the crops come from a generator seeded the same for every clip, so a clip always gets the same score.
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ CLAP_RATE = 48_000  # laion_clap's; a transformers checkpoint's comes from its f
 
 
 def resample_for_clap(clip: Audio, model_rate: int, via_16k: bool) -> np.ndarray:
-    """The clip's samples at the model's rate, band-limited to 8 kHz first when ``via_16k`` (see the module doc)."""
+    """The clip's samples at the model's rate; with ``via_16k`` first as the authors' 16 kHz, 16-bit files held it
+    (see the module doc)."""
     samples, rate = clip.samples, clip.sample_rate
-    if via_16k and rate != AUTHORS_RATE:
-        samples, rate = soxr.resample(samples, rate, AUTHORS_RATE, quality="HQ"), AUTHORS_RATE
+    if via_16k:
+        if rate != AUTHORS_RATE:
+            samples, rate = soxr.resample(samples, rate, AUTHORS_RATE, quality="HQ"), AUTHORS_RATE
+        samples = np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768) / 32768  # signed 16-bit, as read back
     if rate != model_rate:
         samples = soxr.resample(samples, rate, model_rate, quality="HQ")
     return np.ascontiguousarray(samples, dtype=np.float32)
@@ -74,14 +84,16 @@ class ClapScorer:
 
         self.model_id = model_id or path
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.processor = ClapProcessor.from_pretrained(processor_path or path)
+        # A checkpoint folder with its own processor uses it; the fallback is for checkpoints without one (Human-CLAP).
+        own = any(Path(path, name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
+        self.processor = ClapProcessor.from_pretrained(path if own or not processor_path else processor_path)
         self.model = ClapModel.from_pretrained(path).to(self.device)
         self.model_rate = int(self.processor.feature_extractor.sampling_rate)
         self.resample_via_16k = resample_via_16k
         self.sample_rate = AUTHORS_RATE if resample_via_16k else self.model_rate
         self.scorer_id = _scorer_id("clap", self.model_id, resample_via_16k)
         # A fast tokenizer raises "Already borrowed" when two threads call it at once (a threaded gRPC server).
-        self._tokenizer_lock = threading.Lock()
+        self._tokenizer_lock, self._features_lock = threading.Lock(), threading.Lock()
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[Scores]:
         return cosine_scores(items, self.embed_audio, self.embed_text)
@@ -89,11 +101,24 @@ class ClapScorer:
     def embed_audio(self, clips: Sequence[Audio]) -> np.ndarray:
         import torch
 
-        waves = [resample_for_clap(clip, self.model_rate, self.resample_via_16k) for clip in clips]
-        features = self.processor.feature_extractor(waves, sampling_rate=self.model_rate, return_tensors="pt")
+        # One clip at a time (see the module doc), then one model call for the batch.
+        features = [self._features(resample_for_clap(clip, self.model_rate, self.resample_via_16k)) for clip in clips]
+        batch = {key: torch.cat([f[key] for f in features]) for key in features[0]}
         with torch.inference_mode():
-            out = self.model.get_audio_features(**features.to(self.device, self.model.dtype))
+            out = self.model.get_audio_features(input_features=batch["input_features"].to(self.device, self.model.dtype),
+                                                is_longer=batch["is_longer"].to(self.device))
         return out.pooler_output.float().cpu().numpy()
+
+    def _features(self, wave: np.ndarray):
+        # The extractor crops long clips with numpy's global generator: seed it the same for every clip, under a
+        # lock (it is process-wide state), and put it back as it was.
+        with self._features_lock:
+            state = np.random.get_state()
+            np.random.seed(0)
+            try:
+                return self.processor.feature_extractor(wave, sampling_rate=self.model_rate, return_tensors="pt")
+            finally:
+                np.random.set_state(state)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         import torch

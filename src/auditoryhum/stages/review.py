@@ -4,7 +4,8 @@ Selection is per dataset: the lowest ``fraction`` of clip scores (at least one c
 dataset is scored or dead-lettered, or, with an absolute ``threshold``, every clip below it as it streams in.
 Without reviewers (``auto_accept``, the embedded default) selected clips are queued and keep the model's label.
 With reviewers, a selected clip waits for a :class:`ReviewDecision`: accept keeps the label; a correction goes to the
-aligner to be scored (the paper's before/after measure) and becomes final with that score; re-label sends the clip
+aligner to be scored (the paper's before/after measure) and its best label becomes final with that score (a
+reviewer may type several comma-separated pairs: all are scored, as in the authors' code); re-label sends the clip
 back to the labeler with the reviewer's hint; unusable removes it. Every decision is recorded once (idempotent).
 When all final labels of a dataset are out, a ``DatasetSealed`` tells the clusterer how many to expect.
 
@@ -179,7 +180,7 @@ class ReviewStage(Stage):
             if not labels:  # the task stays pending
                 return [dead_letter(self.name, f"correction has no usable label: {decision.label[:200]!r}", decision,
                                     clip=clip)]
-            label = labels[0]
+            label = ", ".join(labels)  # several pairs: the aligner scores them all and the best is final
         elif action not in ACTIONS:
             return [dead_letter(self.name, "decision has no action", decision, clip=clip)]
         db.execute(insert(review_decisions).values(
@@ -193,7 +194,7 @@ class ReviewStage(Stage):
         elif action == pb.REVIEW_ACTION_CORRECT:  # final once the aligner has scored the new label
             self._set(db, clip, status=RESCORING, lease_owner=None, lease_expires=None)
             proposal = pb.LabelProposal(clip=clip, model_id=HUMAN_MODEL_ID, prompt_id="review", raw_text=decision.label,
-                                        labels=[label], tags=alignment.tags)
+                                        labels=labels, tags=alignment.tags)
             outs = [Out(topics.LABELS, clip.clip_id, proposal)]
         elif action == pb.REVIEW_ACTION_RELABEL:
             again = pb.Clip()
