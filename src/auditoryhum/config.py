@@ -58,8 +58,11 @@ class Settings(BaseSettings):
     embedder_path: str | None = Field(None, description="local sentence-transformers folder, e.g. all-mpnet-base-v2; "
                                                         "default: the all-MiniLM-L6-v2 shipped in a wheel")
     # clusterer
+    protocol: str = Field("default", pattern="^(default|reference)$",
+                          description="default: clusters of unique labels (k-means or ward), cosine silhouette; "
+                                      "reference: the authors' Ward on every clip, euclidean silhouette, k up to U")
     k_min: int = Field(2, ge=2)
-    k_max: int = Field(64, ge=2)
+    k_max: int = Field(64, ge=2, description="largest k tried (the reference protocol: the unique count, unless set)")
     penalty_lambda: float = Field(2.0, ge=0, description="λ of S_adj(k) = S(k) - λ·k/U")
     algorithm: str = Field("kmeans", pattern="^(kmeans|ward)$")
     representation: str = Field("labels", pattern="^(labels|class-vector)$",

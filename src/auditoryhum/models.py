@@ -112,5 +112,8 @@ class Models:
 
     def taxonomy_builder(self) -> TaxonomyBuilder:
         s = self.settings
-        return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=s.k_max, lam=s.penalty_lambda,
-                               algorithm=s.algorithm, namer=self.namer, representation=s.representation)
+        # The reference protocol sweeps k up to the unique count, as the authors did, unless k_max was given.
+        k_max = s.k_max if s.protocol == "default" or "k_max" in s.model_fields_set else None
+        return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=k_max, lam=s.penalty_lambda,
+                               algorithm=s.algorithm, namer=self.namer, representation=s.representation,
+                               protocol=s.protocol)

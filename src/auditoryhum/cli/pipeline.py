@@ -28,6 +28,8 @@ def run(
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
+    protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
+                                                      "the euclidean silhouette, k up to the unique count."),
     max_words: Optional[int] = typer.Option(None, help="Words kept per label."),
     class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
     representation: Optional[str] = typer.Option(None, help="labels (default) or class-vector."),
@@ -53,7 +55,8 @@ def run(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--ui-host") from None
     settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
-                         k_max=k_max, penalty_lambda=lam, algorithm=algorithm, max_words=max_words,
+                         k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
+                         max_words=max_words,
                          class_from_folder=class_from_folder or None, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
@@ -86,6 +89,8 @@ def cluster(
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
+    protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
+                                                      "the euclidean silhouette, k up to the unique count."),
     namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                                help="Local text-generation model folder that names the clusters."),
 ) -> None:
@@ -96,7 +101,7 @@ def cluster(
     from auditoryhum.outputs import write_taxonomy
     from auditoryhum.taxonomy.table import read_label_table
 
-    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm,
+    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
                          namer_model=str(namer_model) if namer_model else None)
     try:
         labels = read_label_table(table, settings.max_words)
