@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="clips per model call")
     workers: int = Field(2, ge=1, description="labeler threads, each decoding and tagging its share of a batch")
     class_from_folder: bool = Field(False, description="a clip's first sub-folder is its ground-truth class")
+    layout: str = Field("files", pattern="^(files|advance|ahead-ds|tau2019|tau2021)$",
+                        description="how the audio folder is read: plain files, or one of the paper's datasets as "
+                                    "published (ground truth and split from its metadata)")
 
     @model_validator(mode="after")
     def _apply_profile(self) -> "Settings":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from auditoryhum import audio, manifest, topics
+from auditoryhum import audio, datasets, topics
 from auditoryhum.auth import check_bind
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
@@ -62,8 +62,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         check_bind(review_ui.host, review_ui.token)  # before minutes of labelling, not after
     started = time.perf_counter()
     models = models or Models(settings)
-    dataset = dataset or audio_dir.resolve().name
-    found = manifest.load(str(audio_dir), class_from_folder=settings.class_from_folder)
+    found = datasets.load(str(audio_dir), settings.layout, class_from_folder=settings.class_from_folder)
+    dataset = dataset or found.name
     on_start(len(found.entries))
 
     load_audio = audio_loader(settings)

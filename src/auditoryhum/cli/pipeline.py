@@ -32,6 +32,8 @@ def run(
                                                       "the euclidean silhouette, k up to the unique count."),
     max_words: Optional[int] = typer.Option(None, help="Words kept per label."),
     class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
+    layout: Optional[str] = typer.Option(None, help="files (default), or a dataset as published: advance, ahead-ds, "
+                                                    "tau2019, tau2021 (ground truth from its metadata)."),
     representation: Optional[str] = typer.Option(None, help="labels (default) or class-vector."),
     namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                                help="Local text-generation model folder that names the clusters."),
@@ -57,9 +59,11 @@ def run(
     settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
                          k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
                          max_words=max_words,
-                         class_from_folder=class_from_folder or None, representation=representation,
+                         class_from_folder=class_from_folder or None, layout=layout, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
+    from auditoryhum.manifest import ManifestError
+
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("loading models", total=None)
@@ -71,11 +75,15 @@ def run(
                   flush=True)
 
         ui = pipeline.ReviewUi(ui_host, ui_port, ui_token, reviewing) if review_ui else None
-        result = pipeline.run(
-            audio_dir, out, settings, dataset=dataset, review_ui=ui,
-            on_start=lambda total: progress.update(task, description="labelling", total=total),
-            on_clip_done=lambda: progress.advance(task),
-        )
+        try:
+            result = pipeline.run(
+                audio_dir, out, settings, dataset=dataset, review_ui=ui,
+                on_start=lambda total: progress.update(task, description="labelling", total=total),
+                on_clip_done=lambda: progress.advance(task),
+            )
+        except ManifestError as exc:  # a dataset folder not as published: nothing was processed
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
     _print_summary(result.summary, out)
 
 
