@@ -40,6 +40,12 @@ def run(
     profile: Optional[str] = typer.Option(None, help="lite (offline default) or paper (Qwen2.5-Omni + Human-CLAP)."),
     backend: Optional[str] = typer.Option(None, help="inprocess (default) or triton (models on a Triton server)."),
     triton_url: Optional[str] = typer.Option(None, help="Triton's gRPC address, with --backend triton."),
+    annotations: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                               help="A published human-annotation file (one line per clip in file "
+                                                    "name order, blank if not reviewed): its clips are reviewed, "
+                                                    "its lines are the decisions."),
+    annotation_action: str = typer.Option("correct", help="correct (the line is the label) or relabel (the line "
+                                                          "is a hint for the labeler)."),
     review_ui: bool = typer.Option(False, "--review-ui", help="Pause after scoring and serve the review queue in "
                                                               "the browser; \"Finish review\" builds the taxonomy."),
     ui_host: str = typer.Option("127.0.0.1", help="Address of the review UI (beyond loopback only with a token)."),
@@ -50,7 +56,13 @@ def run(
     """Label, score, review and cluster every clip in AUDIO_DIR (embedded mode, one process)."""
     from auditoryhum import pipeline
     from auditoryhum.auth import check_bind
+    from auditoryhum.review.annotations import ACTIONS, AnnotationError
 
+    if annotation_action not in ACTIONS:
+        raise typer.BadParameter("correct or relabel", param_hint="--annotation-action")
+    if annotations and review_ui:
+        raise typer.BadParameter("review in the browser or from an annotation file, not both",
+                                 param_hint="--annotations")
     if review_ui:
         try:
             check_bind(ui_host, ui_token)
@@ -77,11 +89,12 @@ def run(
         ui = pipeline.ReviewUi(ui_host, ui_port, ui_token, reviewing) if review_ui else None
         try:
             result = pipeline.run(
-                audio_dir, out, settings, dataset=dataset, review_ui=ui,
+                audio_dir, out, settings, dataset=dataset, review_ui=ui, annotations=annotations,
+                annotation_action=annotation_action,
                 on_start=lambda total: progress.update(task, description="labelling", total=total),
                 on_clip_done=lambda: progress.advance(task),
             )
-        except ManifestError as exc:  # a dataset folder not as published: nothing was processed
+        except (ManifestError, AnnotationError) as exc:  # checked before anything runs: nothing was processed
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from None
     _print_summary(result.summary, out)

@@ -44,6 +44,9 @@ class ReviewPolicy:
     fraction: float = 0.01
     threshold: float | None = None
     auto_accept: bool = True
+    # Exactly these clips are reviewed, once the dataset is complete (the clips a published annotation file
+    # reviewed); None: the lowest fraction, or the threshold.
+    clips: frozenset[str] | None = None
 
     def __post_init__(self):
         if not 0.0 < self.fraction <= 1.0:
@@ -112,7 +115,7 @@ class ReviewStage(Stage):
         db.execute(insert(review_clips).values(dataset=clip.dataset, clip_id=clip.clip_id, status=SCORED,
                                                score=alignment.best_score, label=alignment.best_label,
                                                alignment=alignment.SerializeToString()))
-        if self.policy.threshold is None:
+        if self.policy.threshold is None or self.policy.clips is not None:
             return self._progress(db, clip.dataset)
         if alignment.best_score < self.policy.threshold:
             outs = self._select(db, alignment, f"score below {self.policy.threshold:g}")
@@ -149,11 +152,17 @@ class ReviewStage(Stage):
         outs: list[Out] = []
         if rows:
             alignments = [pb.Alignment.FromString(b) for b in rows]
-            n = max(1, math.ceil(self.policy.fraction * len(alignments)))
-            reason = f"lowest {self.policy.fraction:.0%} of dataset scores"
-            for a in alignments[:n]:
+            if self.policy.clips is not None:
+                chosen = [a for a in alignments if a.clip.clip_id in self.policy.clips]
+                rest = [a for a in alignments if a.clip.clip_id not in self.policy.clips]
+                reason = "annotated by a reviewer"
+            else:
+                n = max(1, math.ceil(self.policy.fraction * len(alignments)))
+                chosen, rest = alignments[:n], alignments[n:]
+                reason = f"lowest {self.policy.fraction:.0%} of dataset scores"
+            for a in chosen:
                 outs += self._select(db, a, reason)
-            outs += [self._final(db, a) for a in alignments[n:]]
+            outs += [self._final(db, a) for a in rest]
         return outs + self._seal(db, dataset)
 
     def _select(self, db: Connection, alignment: pb.Alignment, reason: str) -> list[Out]:
