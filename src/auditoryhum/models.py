@@ -110,8 +110,9 @@ class Models:
 
         return TransformersGenerator(self.settings.namer_model)
 
-    def taxonomy_builder(self) -> TaxonomyBuilder:
-        s = self.settings
+    def taxonomy_builder(self, settings: Settings | None = None) -> TaxonomyBuilder:
+        """With ``settings``: that run's clustering settings over these (already loaded) models."""
+        s = settings or self.settings
         # The reference protocol sweeps k up to the unique count, as the authors did, unless k_max was given.
         k_max = s.k_max if s.protocol == "default" or "k_max" in s.model_fields_set else None
         return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=k_max, lam=s.penalty_lambda,

@@ -87,7 +87,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                                      auto_accept=review_ui is None and not notes,
                                      clips=frozenset(a.clip_id for a in notes) if notes else None),
                         settings.max_words),
-            ClustererStage(models.taxonomy_builder()),
+            ClustererStage(models.taxonomy_builder(settings)),
             writer,
         ]
         workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]
