@@ -232,6 +232,34 @@ def test_laion_clap_needs_a_checkpoint_file_and_the_package(tmp_path, monkeypatc
         LaionClapScorer(checkpoint)
 
 
+def test_laion_clap_checkpoints_are_a_scorer_choice_and_load_offline(tiny_laion_clap, tmp_path):
+    import torch as th
+
+    from auditoryhum.models import Models
+
+    checkpoint = tiny_laion_clap / "tiny-laion-clap.pt"
+    settings = Settings(scorer_model=str(checkpoint), laion_text_dir=str(tiny_laion_clap / "text"))
+    scorer = Models(settings).scorer
+    assert isinstance(scorer, LaionClapScorer) and scorer.scorer_id == "laion-clap(tiny-laion-clap.pt)"
+    # Every weight comes from the checkpoint (the random ones the module was built with are replaced).
+    saved = th.load(checkpoint, weights_only=False)["state_dict"]
+    for name, value in scorer.model.model.state_dict().items():
+        if f"module.{name}" in saved:
+            assert th.equal(value, saved[f"module.{name}"]), name
+    items = score_items(scorer.sample_rate)
+    batched = scorer.score_batch(items)
+    for item, result in zip(items, batched):
+        assert result.scores.shape == (len(item.labels),) and np.all(np.abs(result.scores) <= 1.0)
+        (single,) = scorer.score_batch([item])
+        np.testing.assert_allclose(result.scores, single.scores, atol=1e-5)
+    proposal = pb.LabelProposal(clip=clip_messages()[0], model_id="m", labels=["car horn", "hammer"])
+    (out,) = AlignerStage(scorer, load_clip, scorer.sample_rate).handle(proposal)
+    assert out.topic == topics.ALIGNMENTS and out.message.scorer_id == scorer.scorer_id
+    (tmp_path / "roberta-base").mkdir()
+    with pytest.raises(FileNotFoundError, match="no bert-base-uncased, facebook/bart-base folder"):
+        LaionClapScorer(checkpoint, text_dir=tmp_path)
+
+
 def test_sentence_embedder_loads_a_local_mpnet_folder(tiny_sentence_model):
     embedder = SentenceEmbedder(str(tiny_sentence_model), model_id="all-mpnet-base-v2 (tiny)")
     vectors = embedder.embed(["car horn", "rain falling", "car horn"])
@@ -257,7 +285,9 @@ def test_the_paper_profile_runs_the_whole_embedded_pipeline(tmp_path, tiny_qwen2
                         embedder_path=str(tiny_sentence_model), k_max=3)
     models = Models(settings)
     assert isinstance(models.labeler, MllmLabeler) and isinstance(models.scorer, ClapScorer)
-    assert models.scorer_rate == models.scorer.sample_rate != models.labeler.sample_rate  # 48 kHz vs 16 kHz
+    # The authors' audio: 16 kHz for the labeler and, band-limited, for CLAP (which runs at 48 kHz).
+    assert models.scorer_rate == models.scorer.sample_rate == models.labeler.sample_rate == 16_000
+    assert models.scorer.model_rate == 48_000 and models.scorer.resample_via_16k
 
     audio = tmp_path / "audio"
     audio.mkdir()

@@ -90,6 +90,43 @@ def build_clap_fused(folder: Path) -> Path:
     return build_clap(folder, fusion=True)
 
 
+def build_laion_clap(folder: Path) -> Path:
+    """An original laion_clap checkpoint file (``CLAP_Module``, HTSAT-tiny audio tower, RoBERTa text tower) with
+    random weights, beside the folder of text models laion_clap loads by name (``text/roberta-base``,
+    ``text/bert-base-uncased``, ``text/facebook/bart-base``). The text model is a one-layer RoBERTa of the released
+    width (768, which the CLAP projection expects); the audio tower is HTSAT-tiny at its real size, which the
+    package's configuration fixes. Returns ``folder``, holding ``tiny-laion-clap.pt`` and ``text/``."""
+    from auditoryhum.backends.clap import _names_resolve_in
+
+    text = folder / "text"
+    tok = byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    for name in ("roberta-base", "facebook/bart-base"):  # both byte-level BPE tokenizers with these specials
+        (text / name).mkdir(parents=True, exist_ok=True)
+        tok.model.save(str(text / name))
+    tf.RobertaTokenizer.from_pretrained(text / "roberta-base").save_pretrained(text / "roberta-base")
+    tf.BartTokenizer.from_pretrained(text / "facebook/bart-base").save_pretrained(text / "facebook/bart-base")
+    words = sorted({w.strip(".,:").lower() for line in CORPUS for w in line.split()})
+    bert = text / "bert-base-uncased"
+    bert.mkdir(parents=True, exist_ok=True)
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tf.BertTokenizer(str(bert / "vocab.txt")).save_pretrained(bert)
+    torch.manual_seed(0)
+    config = tf.RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=768, num_hidden_layers=1,
+                              num_attention_heads=12, intermediate_size=64, max_position_embeddings=80,
+                              pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    tf.RobertaModel(config).save_pretrained(text / "roberta-base")
+    with _names_resolve_in(text):
+        import laion_clap
+
+        module = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", device="cpu")
+    state = module.model.state_dict()
+    # The released checkpoints were saved with transformers < 4.31, whose RoBERTa kept position_ids in the state;
+    # laion_clap's loader deletes that key, so a checkpoint must have it.
+    state.setdefault("text_branch.embeddings.position_ids", torch.arange(config.max_position_embeddings)[None])
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / "tiny-laion-clap.pt")
+    return folder
+
+
 def build_qwen2_audio(folder: Path) -> Path:
     """``Qwen2AudioForConditionalGeneration`` with ``Qwen2AudioProcessor`` (Whisper features, 128 mel bins)."""
     tok = byte_bpe(QWEN_SPECIAL)

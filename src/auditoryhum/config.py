@@ -34,9 +34,15 @@ class Settings(BaseSettings):
                                                         "labeler")
     labeler_4bit: str = Field("off", pattern="^(auto|on|off)$",
                               description="load the MLLM in 4-bit NF4 (bitsandbytes): auto = on CUDA only")
-    scorer_model: str | None = Field(None, description="CLAP checkpoint folder or hub id; unset: tag-bridge")
+    scorer_model: str | None = Field(None, description="CLAP checkpoint folder or hub id, or an original laion_clap "
+                                                       "checkpoint file (.pt); unset: tag-bridge")
     scorer_processor: str | None = Field(None, description="CLAP processor folder or hub id (default: the "
                                                            "checkpoint's own)")
+    laion_fusion: bool = Field(False, description="the laion_clap checkpoint has feature fusion (…-fusion-best.pt)")
+    laion_amodel: str = Field("HTSAT-tiny", description="the laion_clap checkpoint's audio model (HTSAT-tiny, "
+                                                        "HTSAT-base)")
+    laion_text_dir: str | None = Field(None, description="folder with the roberta-base, bert-base-uncased and "
+                                                         "facebook/bart-base folders laion_clap loads by name")
     clap_resample_via_16k: bool = Field(False, description="audio as 16 kHz 16-bit first, then up to the CLAP rate, "
                                                            "as the authors did (the paper profile's default)")
 

@@ -83,6 +83,11 @@ class Models:
                 from auditoryhum.backends.triton import TritonScorer
 
                 return self._triton_backend(TritonScorer, "clap_scorer")
+            if s.scorer_model.endswith(".pt"):  # an original laion_clap checkpoint file
+                from auditoryhum.backends.clap import LaionClapScorer
+
+                return LaionClapScorer(s.scorer_model, enable_fusion=s.laion_fusion, amodel=s.laion_amodel,
+                                       text_dir=s.laion_text_dir, resample_via_16k=s.clap_resample_via_16k)
             from auditoryhum.backends.clap import ClapScorer
 
             return ClapScorer(s.scorer_model, processor_path=s.scorer_processor,
