@@ -48,7 +48,8 @@ def build_tau(parent: Path, year: int = 2019) -> Path:
     meta, train, evaluate = [], [], []
     for i, (scene, city, source) in enumerate(TAU_CLIPS):
         identifier = f"{city}-{100 + i}"
-        name = f"audio/{scene}-{identifier}-{i * 10}-a.wav" if year == 2019 else f"audio/{scene}-{identifier}-{i * 10}.wav"
+        device = "-a" if year == 2019 else ""  # 2019 names end with the recording device
+        name = f"audio/{scene}-{identifier}-{i * 10}{device}.wav"
         write_clip(source, folder / name, 48_000, 2, "PCM_24")
         if year == 2019:
             meta.append([name, scene, identifier, "a"])

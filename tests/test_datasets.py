@@ -114,3 +114,15 @@ def test_run_on_a_dataset_carries_ground_truth_and_refuses_a_partial_one(tmp_pat
     result = CliRunner().invoke(app, ["run", str(folder), "--layout", "ahead-ds", "--out", str(tmp_path / "out2")])
     assert result.exit_code == 2 and "ahead_ds_all.csv:" in result.output and "music_00001.wav" in result.output
     assert not (tmp_path / "out2").exists()  # nothing half-done
+
+
+def test_ingest_reads_a_dataset_layout_and_refuses_a_partial_one_before_publishing(tmp_path):
+    from auditoryhum import kube
+
+    folder = fx.build_ahead_ds(tmp_path)
+    (folder / "music_00000.wav").unlink()
+    # Refused while listing, before any connection to Kafka (none runs here).
+    result = CliRunner().invoke(app, ["ingest", str(folder), "--layout", "ahead-ds", "--bootstrap", "127.0.0.1:9"])
+    assert result.exit_code == 2 and "music_00000.wav, which is not in" in result.output
+    job = kube.IngestJob(str(folder), "ahead-ds", 5, 2, 2, "img", "kafka:9092", layout="ahead-ds")
+    assert job.args()[-2:] == ["--layout", "ahead-ds"]  # every pod lists the dataset the same way

@@ -18,7 +18,8 @@ from auditoryhum.config import Settings
 from auditoryhum.pipeline import run
 from tests.conftest import LINCITY, SIMUTRANS
 
-SCENES = {"traffic": ["TraficHigh1", "TraficHigh2", "TraficLow1"], "market": ["MarketFull1", "MarketMed1", "MarketLow1"],
+SCENES = {"traffic": ["TraficHigh1", "TraficHigh2", "TraficLow1"],
+          "market": ["MarketFull1", "MarketMed1", "MarketLow1"],
           "harbour": ["Harbor1", "Harbor2"], "park": ["Green1", "Green2", "Green3"]}
 DATASET = "scenes<b>&"  # names are untrusted text too
 

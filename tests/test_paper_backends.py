@@ -233,8 +233,6 @@ def test_laion_clap_needs_a_checkpoint_file_and_the_package(tmp_path, monkeypatc
 
 
 def test_laion_clap_checkpoints_are_a_scorer_choice_and_load_offline(tiny_laion_clap, tmp_path):
-    import torch as th
-
     from auditoryhum.models import Models
 
     checkpoint = tiny_laion_clap / "tiny-laion-clap.pt"
@@ -242,10 +240,10 @@ def test_laion_clap_checkpoints_are_a_scorer_choice_and_load_offline(tiny_laion_
     scorer = Models(settings).scorer
     assert isinstance(scorer, LaionClapScorer) and scorer.scorer_id == "laion-clap(tiny-laion-clap.pt)"
     # Every weight comes from the checkpoint (the random ones the module was built with are replaced).
-    saved = th.load(checkpoint, weights_only=False)["state_dict"]
+    saved = torch.load(checkpoint, weights_only=False)["state_dict"]
     for name, value in scorer.model.model.state_dict().items():
         if f"module.{name}" in saved:
-            assert th.equal(value, saved[f"module.{name}"]), name
+            assert torch.equal(value, saved[f"module.{name}"]), name
     items = score_items(scorer.sample_rate)
     batched = scorer.score_batch(items)
     for item, result in zip(items, batched):

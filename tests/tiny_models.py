@@ -20,7 +20,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from auditoryhum.backends.mllm import HINT_PREFIX, QWEN_OMNI_SYSTEM_PROMPT, SYSTEM_PROMPT, USER_PROMPT  # noqa: E402
 
 # The tokenizers learn the prompts' words and some labels, so random weights at least emit real sub-words.
-CORPUS = [SYSTEM_PROMPT, QWEN_OMNI_SYSTEM_PROMPT, USER_PROMPT, HINT_PREFIX, "car horn, busy street, rain falling, birds singing, dog barking",
+CORPUS = [SYSTEM_PROMPT, QWEN_OMNI_SYSTEM_PROMPT, USER_PROMPT, HINT_PREFIX,
+          "car horn, busy street, rain falling, birds singing, dog barking",
           "heavy traffic, church bells, crowd cheering, water flowing, wind blowing, train passing"]
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]

@@ -8,7 +8,7 @@ measured. One row per run:
 | ``dataset``, ``labeler``, ``protocol`` | summary.json; labels.csv's model; taxonomy.json's algorithm |
 | ``clips``, ``unique_labels`` | summary.json |
 | ``mu_c``, ``mu_1pct`` | summary.json: the mean clip score, the mean of the lowest 1 % |
-| ``hitl_before``, ``hitl_after``, ``hitl_uplift`` | summary.json: the mean score of the reviewed pairs before and after the decisions |
+| ``hitl_before``, ``hitl_after``, ``hitl_uplift`` | summary.json: mean score of the reviewed pairs, before/after |
 | ``k``, ``s_k`` | taxonomy.json: the chosen k and its silhouette |
 | ``s_2``, ``s_unique`` | taxonomy.json's curve at k = 2 and at k = U (only the reference protocol sweeps up to U) |
 | ``nmi``, ``ari``, ``purity`` | summary.json: clusters against the clips' ground truth |

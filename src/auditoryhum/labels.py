@@ -1,8 +1,8 @@
 """The paper's label post-processing, exactly, applied to every labeler's raw text.
 
 line breaks become ", " (a model answering one pair a line gives several labels) → lower-case → drop all
-punctuation except commas → split on commas → drop non-ASCII → strip → keep at most ``max_words`` words per label
-(extra words are cut, not the label) → drop empties.
+punctuation except commas → split on commas → drop non-ASCII → strip → keep at most ``max_words`` words per
+label (extra words are cut, not the label) → drop empties.
 Duplicates are removed keeping first occurrence, so a clip never scores the same label twice.
 """
 

@@ -31,6 +31,7 @@ from .selection import CurvePoint, Selection, penalised
 __all__ = ["reference_select_k", "ward_merges", "partition"]
 
 ALGORITHM = "reference"  # the name taxonomy.json records: weighted Ward, euclidean silhouette
+MAX_UNIQUE = 20_000  # three U × U float64 arrays: 9.6 GB here; beyond, the default protocol
 
 
 def ward_merges(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -88,6 +89,9 @@ def reference_select_k(x: np.ndarray, weights: np.ndarray, *, k_min: int = 2, k_
     u, n = len(x), w.sum()
     if u < 3:
         return Selection(u, np.arange(u), [], lam, ALGORITHM, u, form)
+    if u > MAX_UNIQUE:
+        raise ValueError(f"the reference protocol keeps U × U distances: {u} unique labels would need "
+                         f"{3 * 8 * u * u / 2**30:.0f} GiB; use the default protocol (at most {MAX_UNIQUE})")
     hi = int(min(u if k_max is None else k_max, u, n - 1))  # a silhouette needs k ≤ N − 1
     lo = int(max(2, k_min))
     if lo > hi:
