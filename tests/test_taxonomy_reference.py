@@ -73,3 +73,6 @@ def test_the_reference_protocol_is_a_setting_and_sweeps_up_to_the_unique_count(m
     assert Models(Settings(protocol="reference", k_max=4)).taxonomy_builder().k_max == 4
     with pytest.raises(ValueError):
         Settings(protocol="sklearn")
+    # Too many unique labels for its U x U matrices: refused up front, not a MemoryError minutes in.
+    with pytest.raises(ValueError, match="20001 unique labels would need 9 GiB; use the default protocol"):
+        reference_select_k(np.ones((20_001, 2)), np.ones(20_001))
