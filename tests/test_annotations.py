@@ -130,3 +130,14 @@ def test_import_csv_applies_every_line_or_none(review_service, dataset, tmp_path
     # the correction's pairs go to the aligner, all of them
     rescore = [r.message() for r in worker.bus.subscribe("t2", [topics.LABELS]).poll(100)]
     assert [list(m.labels) for m in rescore] == [["boat horn", "seagulls"]]
+
+
+def test_run_can_take_the_lines_as_hints_for_the_labeler(dataset, tmp_path, models):
+    notes = tmp_path / "hints.csv"
+    notes.write_text("\n\n\nlisten for the engine\n")  # bus.wav only
+    summary = run(dataset, tmp_path / "out", Settings(k_max=3), models=models, annotations=notes,
+                  annotation_action="relabel").summary
+    assert summary["annotations_applied"] == 1
+    final = rows(tmp_path / "out/final_labels.csv")
+    assert (final["bus.wav"]["source"], final["bus.wav"]["review_action"]) == ("model", "relabel")
+    assert all(final[n]["review_action"] == "" for n in final if n != "bus.wav")
