@@ -107,9 +107,9 @@ class ClapScorer:
         # One clip at a time (see the module doc), then one model call for the batch.
         features = [self._features(resample_for_clap(clip, self.model_rate, self.resample_via_16k)) for clip in clips]
         batch = {key: torch.cat([f[key] for f in features]) for key in features[0]}
-        waves = batch["input_features"].to(self.device, self.model.dtype)
+        mels = batch["input_features"].to(self.device, self.model.dtype)
         with torch.inference_mode():
-            out = self.model.get_audio_features(input_features=waves, is_longer=batch["is_longer"].to(self.device))
+            out = self.model.get_audio_features(input_features=mels, is_longer=batch["is_longer"].to(self.device))
         return out.pooler_output.float().cpu().numpy()
 
     def _features(self, wave: np.ndarray):
