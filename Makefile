@@ -115,8 +115,9 @@ bench-pipeline: $(GENERATED) $(KAFKA_LIB)  ## distributed mode (Kafka + services
 bench-triton: $(GENERATED)  ## the lite models in-process vs through Triton: latency, throughput, dynamic batching
 	$(PY) benchmarks/bench_triton.py
 
-bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path
+bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path, both protocols
 	$(PY) benchmarks/bench_cluster.py
+	$(PY) benchmarks/bench_cluster.py --protocol reference
 
 clean:
 	rm -rf out data .run .kafka .triton .tools deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*

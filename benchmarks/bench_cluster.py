@@ -15,6 +15,15 @@ expanded points), so the naive k is exact while its time is partly
 estimated: such cells are marked "≈" (time) and "†" (k).
 
     python benchmarks/bench_cluster.py [--sizes 2000 20000 100000] [--k-max 64]
+
+``--protocol reference`` times the authors' protocol instead: the full k sweep (2 .. U) of weighted Ward and the
+euclidean silhouette on U = 700 unique labels carrying 20 000 clips (``reference_select_k``), against
+scikit-learn's path on the 20 000 expanded rows, as the reference code runs it: one
+``AgglomerativeClustering(linkage="ward")`` tree (cached, cut at each k) and ``silhouette_score`` per k. The
+scikit-learn silhouettes are timed at ``--reference-probe-ks`` evenly spaced k and the sweep's total is scaled from
+their mean unless ``--reference-full``; at each probed k both partitions and silhouettes are compared.
+
+    python benchmarks/bench_cluster.py --protocol reference [--reference-full]
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from auditoryhum.taxonomy import penalised, select_k, unit_rows, weighted_silhouette  # noqa: E402
+from auditoryhum.taxonomy.reference import partition, reference_select_k, ward_merges  # noqa: E402
 
 PROBE_POINTS = 3000
 PROBE_KS = 3
@@ -117,6 +127,57 @@ def naive_select(x: np.ndarray, counts: np.ndarray, ks: range, lam: float, seed:
     return est, None
 
 
+def reference_counts(u: int, clips: int, seed: int) -> np.ndarray:
+    """``clips`` clips over ``u`` labels, Zipf-like (a few labels on hundreds of clips, many on one), each ≥ 1."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, u + 1) ** 1.1
+    counts = 1 + rng.multinomial(clips - u, p / p.sum())
+    return rng.permutation(counts)
+
+
+def bench_reference(args, console: Console) -> None:
+    import tempfile
+
+    from sklearn.cluster import AgglomerativeClustering
+
+    u, clips = args.reference_labels, args.reference_clips
+    x, _ = synthetic(u, seed=args.seed)
+    x = unit_rows(x, np.float64)  # sentence embeddings are unit rows; euclidean distances on them, as the authors
+    counts = reference_counts(u, clips, args.seed)
+    rows = np.repeat(x, counts, axis=0)
+    t = time.perf_counter()
+    ours = reference_select_k(x, counts, lam=args.lam)
+    ours_s = time.perf_counter() - t
+    merges = ward_merges(x, counts)
+    curve = {p.k: p for p in ours.curve}
+    ks = list(range(2, u + 1))
+    probe = ks if args.reference_full else sorted({int(k) for k in np.linspace(2, u, args.reference_probe_ks)})
+    with tempfile.TemporaryDirectory() as cache:
+        tree = AgglomerativeClustering(linkage="ward", compute_full_tree=True, memory=cache)
+        t = time.perf_counter()
+        tree.set_params(n_clusters=2).fit(rows)
+        tree_s = time.perf_counter() - t
+        sil_s, worst, same = [], 0.0, True
+        for k in probe:
+            t = time.perf_counter()
+            labels = tree.set_params(n_clusters=k).fit_predict(rows)
+            s = silhouette_score(rows, labels)
+            sil_s.append(time.perf_counter() - t)
+            worst = max(worst, abs(s - curve[k].silhouette))
+            same &= adjusted_rand_score(labels, np.repeat(partition(merges, u, k), counts)) == 1.0
+    sklearn_s = tree_s + float(np.mean(sil_s)) * len(ks)
+    mark = "" if args.reference_full else "≈"
+    table = Table(title=f"reference protocol: full sweep k = 2..{u}, U = {u} unique labels, N = {len(rows)} clips")
+    for col in ("ours (s)", "scikit-learn (s)", "ratio", "k ours", "same partitions", "max |ΔS|"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{ours_s:.2f}", f"{mark}{sklearn_s:.0f}", f"{mark}{sklearn_s / ours_s:.0f}×", str(ours.k),
+                  f"{'yes' if same else 'NO'} ({len(probe)} k)", f"{worst:.1e}")
+    console.print(table)
+    console.print(f"scikit-learn: Ward tree {tree_s:.1f} s once, then {np.mean(sil_s):.2f} s per k (cut + "
+                  f"silhouette_score), measured at {len(probe)} k" + ("" if args.reference_full else
+                                                                     f" and scaled to all {len(ks)}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 100000])
@@ -124,7 +185,15 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=2.0)
     ap.add_argument("--naive-budget-s", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--protocol", choices=("default", "reference"), default="default")
+    ap.add_argument("--reference-labels", type=int, default=700)
+    ap.add_argument("--reference-clips", type=int, default=20_000)
+    ap.add_argument("--reference-probe-ks", type=int, default=8)
+    ap.add_argument("--reference-full", action="store_true", help="time scikit-learn at every k (about an hour)")
     args = ap.parse_args()
+    if args.protocol == "reference":
+        bench_reference(args, Console(width=160))
+        return
 
     console = Console(width=160)
     table = Table(title=f"select_k vs naive expanded sweep (k = 2..{args.k_max}, λ = {args.lam})")

@@ -81,8 +81,11 @@ def _tiny_model(kind: str):
 
 
 tiny_clap = _tiny_model("clap")
+tiny_clap_fused = _tiny_model("clap_fused")
+tiny_laion_clap = _tiny_model("laion_clap")
 tiny_qwen2_audio = _tiny_model("qwen2_audio")
 tiny_qwen2_5_omni = _tiny_model("qwen2_5_omni")
+tiny_qwen3_omni = _tiny_model("qwen3_omni")
 tiny_gemma3n = _tiny_model("gemma3n")
 tiny_sentence_model = _tiny_model("sentence_model")
 

@@ -32,3 +32,13 @@ def test_words_per_label_is_configurable():
     assert parse_labels("a very long label text, b", max_words=3) == ["a very long", "b"]
     with pytest.raises(ValueError):
         parse_labels("x", max_words=0)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    # one pair a line, as models often answer: every line is a label (the authors turn newlines into ", ")
+    ("Car horn\nBusy street", ["car horn", "busy street"]),
+    ("1. Car horn\r\n2. Busy street\n\n3. Rain falling.", ["1 car", "2 busy", "3 rain"]),
+    ("- Dog barking\n- Birds chirping, wind blowing", ["dog barking", "birds chirping", "wind blowing"]),
+])
+def test_line_breaks_separate_labels(raw, expected):
+    assert parse_labels(raw) == expected

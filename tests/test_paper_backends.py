@@ -16,7 +16,10 @@ from auditoryhum import topics
 from auditoryhum.audio import Audio, load
 from auditoryhum.backends import BackendUnavailable, ScoreItem
 from auditoryhum.backends.clap import ClapScorer, LaionClapScorer, resample_for_clap
-from auditoryhum.backends.mllm import HINT_PREFIX, PROMPT_ID, USER_PROMPT, MllmLabeler
+from auditoryhum.backends.mllm import (HINT_PREFIX, PROMPT_ID, QWEN_OMNI_SYSTEM_PROMPT, SYSTEM_PROMPT, USER_PROMPT,
+                                      MllmLabeler, _quantization, quantization_config)
+from auditoryhum.config import Settings
+from auditoryhum.models import FOUR_BIT
 from auditoryhum.backends.text import SentenceEmbedder
 from auditoryhum.labels import parse_labels
 from auditoryhum.stages.aligner import AlignerStage
@@ -27,7 +30,11 @@ from tests.conftest import LINCITY
 # Different lengths and source rates, so prompts differ in audio tokens and batches need padding.
 CLIPS = [LINCITY / name for name in ("Build1.wav", "CoalMine2.wav", "Blacksmith1.wav")]
 HINTS = ["", "a hammer striking an anvil", ""]
-FAMILIES = {"tiny_qwen2_audio": "qwen2_audio", "tiny_qwen2_5_omni": "qwen2_5_omni", "tiny_gemma3n": "gemma3n"}
+FAMILIES = {"tiny_qwen2_audio": "qwen2_audio", "tiny_qwen2_5_omni": "qwen2_5_omni", "tiny_qwen3_omni": "qwen3_omni",
+            "tiny_gemma3n": "gemma3n"}
+# The authors' system turn per family: the Qwen Omni models need the Qwen team's own.
+SYSTEM_ROLES = {"qwen2_audio": SYSTEM_PROMPT, "qwen2_5_omni": QWEN_OMNI_SYSTEM_PROMPT,
+                "qwen3_omni": QWEN_OMNI_SYSTEM_PROMPT, "gemma3n": SYSTEM_PROMPT}
 
 
 def load_clip(clip: pb.Clip, rate: int) -> Audio:
@@ -66,6 +73,14 @@ def test_hint_is_appended_to_the_prompt_and_prompts_are_left_padded(labeler, aud
     assert bool(mask[:, -1].all()) and not bool(mask.all())  # padding only on the left, where prompts are shorter
 
 
+def test_each_family_gets_the_authors_system_role(labeler, audio):
+    (prompt,) = labeler.processor.tokenizer.batch_decode(labeler.inputs(audio[:1])["input_ids"])
+    role = SYSTEM_ROLES[labeler.family]
+    assert role in prompt and prompt.index(role) < prompt.index(USER_PROMPT)
+    other = SYSTEM_PROMPT if role == QWEN_OMNI_SYSTEM_PROMPT else QWEN_OMNI_SYSTEM_PROMPT
+    assert other not in prompt
+
+
 def test_batched_generation_equals_one_by_one(labeler, audio):
     batched = labeler.describe(audio, HINTS)
     single = [labeler.describe([a], [h])[0] for a, h in zip(audio, HINTS)]
@@ -86,12 +101,16 @@ def test_labeler_stage_parses_the_text_or_dead_letters_it(labeler):
             assert out.topic == topics.DLQ and out.message.reason.startswith("no usable label in model output")
 
 
-def test_omni_thinker_saved_alone_loads_like_the_released_layout(tiny_qwen2_5_omni, tmp_path):
-    released = MllmLabeler(str(tiny_qwen2_5_omni))  # weights under thinker., talker disabled
+@pytest.mark.parametrize("checkpoint, family, thinker", [
+    ("tiny_qwen2_5_omni", "qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration"),
+    ("tiny_qwen3_omni", "qwen3_omni", "Qwen3OmniMoeThinkerForConditionalGeneration")])
+def test_omni_thinker_saved_alone_loads_like_the_released_layout(checkpoint, family, thinker, request, tmp_path):
+    released = MllmLabeler(str(request.getfixturevalue(checkpoint)))  # weights under thinker., talker disabled
+    assert type(released.model).__name__ == thinker and released.family == family
     released.model.save_pretrained(tmp_path)
     released.processor.save_pretrained(tmp_path)
     alone = MllmLabeler(str(tmp_path))
-    assert alone.model.config.model_type == "qwen2_5_omni_thinker" and alone.family == "qwen2_5_omni"
+    assert alone.model.config.model_type == f"{released.model.config.model_type}" and alone.family == family
     clip = [load(CLIPS[0], alone.sample_rate)]
     assert alone.describe(clip) == released.describe(clip)
 
@@ -102,6 +121,20 @@ def test_mllm_refuses_what_this_machine_cannot_do(tiny_qwen2_audio):
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="4-bit loading needs a CUDA device"):
             MllmLabeler(str(tiny_qwen2_audio), load_in_4bit=True)
+
+
+def test_the_paper_profile_loads_mllms_as_the_authors_did_where_cuda_is(tiny_qwen2_audio):
+    config = quantization_config()  # the reference's BitsAndBytesConfig
+    assert (config.load_in_4bit, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant,
+            config.bnb_4bit_compute_dtype) == (True, "nf4", True, torch.bfloat16)
+    assert FOUR_BIT[Settings(profile="paper").labeler_4bit] is None  # auto
+    assert FOUR_BIT[Settings().labeler_4bit] is False
+    assert FOUR_BIT[Settings(profile="paper", labeler_4bit="off").labeler_4bit] is False
+    # auto: full weights where there is no GPU, instead of refusing
+    assert _quantization(None, "cpu") is None
+    assert MllmLabeler(str(tiny_qwen2_audio), load_in_4bit=None, device="cpu").model.dtype == torch.float32
+    if torch.cuda.is_available():
+        assert _quantization(None, "cuda").bnb_4bit_use_double_quant
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +170,37 @@ def test_clap_runs_in_the_aligner_stage(clap):
         clap.score_batch([ScoreItem(["car horn"])])
 
 
+def test_fused_clap_scores_a_clip_the_same_in_any_batch_and_any_run(tiny_clap_fused, tiny_clap):
+    # The authors' processor is laion/clap-htsat-fused: for a batch of clips shorter than its window, the feature
+    # extractor marks one random clip as "longer", so batched extraction scored clips differently.
+    fused = ClapScorer(str(tiny_clap_fused), processor_path=str(tiny_clap))
+    # The checkpoint's own processor wins over the fallback one when the folder has one.
+    assert fused.processor.feature_extractor.truncation == "fusion"
+    clips = [LINCITY / name for name in ("Build1.wav", "CoalMine2.wav", "Blacksmith1.wav", "Fire1.wav")]
+    items = [ScoreItem(["car horn", "rain falling"], audio=partial(load, p, fused.sample_rate)) for p in clips]
+    runs = [fused.score_batch(items) for _ in range(3)]
+    single = [fused.score_batch([item])[0] for item in items]
+    for run in runs:
+        for got, want in zip(run, single):
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+            np.testing.assert_allclose(got.audio_embedding, want.audio_embedding, atol=1e-5)
+    # The same clip as a long one (15 s, cropped at random by the extractor) also scores the same every time.
+    long = load(LINCITY / "Build1.wav", fused.sample_rate)
+    long = Audio(np.tile(long.samples, int(np.ceil(15 * long.sample_rate / len(long.samples)))), long.sample_rate,
+                 long.sample_rate, 1)
+    first, second = (fused.score_batch([ScoreItem(["car horn"], audio=lambda: long)])[0] for _ in range(2))
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+def test_the_paper_profile_scores_the_authors_16_bit_16k_audio():
+    assert Settings(profile="paper").clap_resample_via_16k and not Settings().clap_resample_via_16k
+    noise = Audio(np.random.default_rng(1).uniform(-0.5, 0.5, 16_000).astype(np.float32), 16_000, 16_000, 1)
+    as_read = resample_for_clap(noise, 16_000, via_16k=True)
+    np.testing.assert_array_equal(as_read * 32768, np.round(as_read * 32768))  # on the 16-bit grid
+    assert not np.array_equal(resample_for_clap(noise, 16_000, via_16k=False) * 32768,
+                              np.round(noise.samples * 32768))
+
+
 def test_resampling_via_16k_keeps_nothing_above_8k(tiny_clap):
     noise = Audio(np.random.default_rng(0).uniform(-0.5, 0.5, 48_000).astype(np.float32), 48_000, 48_000, 1)
 
@@ -168,6 +232,32 @@ def test_laion_clap_needs_a_checkpoint_file_and_the_package(tmp_path, monkeypatc
         LaionClapScorer(checkpoint)
 
 
+def test_laion_clap_checkpoints_are_a_scorer_choice_and_load_offline(tiny_laion_clap, tmp_path):
+    from auditoryhum.models import Models
+
+    checkpoint = tiny_laion_clap / "tiny-laion-clap.pt"
+    settings = Settings(scorer_model=str(checkpoint), laion_text_dir=str(tiny_laion_clap / "text"))
+    scorer = Models(settings).scorer
+    assert isinstance(scorer, LaionClapScorer) and scorer.scorer_id == "laion-clap(tiny-laion-clap.pt)"
+    # Every weight comes from the checkpoint (the random ones the module was built with are replaced).
+    saved = torch.load(checkpoint, weights_only=False)["state_dict"]
+    for name, value in scorer.model.model.state_dict().items():
+        if f"module.{name}" in saved:
+            assert torch.equal(value, saved[f"module.{name}"]), name
+    items = score_items(scorer.sample_rate)
+    batched = scorer.score_batch(items)
+    for item, result in zip(items, batched):
+        assert result.scores.shape == (len(item.labels),) and np.all(np.abs(result.scores) <= 1.0)
+        (single,) = scorer.score_batch([item])
+        np.testing.assert_allclose(result.scores, single.scores, atol=1e-5)
+    proposal = pb.LabelProposal(clip=clip_messages()[0], model_id="m", labels=["car horn", "hammer"])
+    (out,) = AlignerStage(scorer, load_clip, scorer.sample_rate).handle(proposal)
+    assert out.topic == topics.ALIGNMENTS and out.message.scorer_id == scorer.scorer_id
+    (tmp_path / "roberta-base").mkdir()
+    with pytest.raises(FileNotFoundError, match="no bert-base-uncased, facebook/bart-base folder"):
+        LaionClapScorer(checkpoint, text_dir=tmp_path)
+
+
 def test_sentence_embedder_loads_a_local_mpnet_folder(tiny_sentence_model):
     embedder = SentenceEmbedder(str(tiny_sentence_model), model_id="all-mpnet-base-v2 (tiny)")
     vectors = embedder.embed(["car horn", "rain falling", "car horn"])
@@ -193,7 +283,9 @@ def test_the_paper_profile_runs_the_whole_embedded_pipeline(tmp_path, tiny_qwen2
                         embedder_path=str(tiny_sentence_model), k_max=3)
     models = Models(settings)
     assert isinstance(models.labeler, MllmLabeler) and isinstance(models.scorer, ClapScorer)
-    assert models.scorer_rate == models.scorer.sample_rate != models.labeler.sample_rate  # 48 kHz vs 16 kHz
+    # The authors' audio: 16 kHz for the labeler and, band-limited, for CLAP (which runs at 48 kHz).
+    assert models.scorer_rate == models.scorer.sample_rate == models.labeler.sample_rate == 16_000
+    assert models.scorer.model_rate == 48_000 and models.scorer.resample_via_16k
 
     audio = tmp_path / "audio"
     audio.mkdir()

@@ -173,3 +173,21 @@ def test_clusterer_builds_once_the_dataset_is_sealed(models):
                                                              "bird song / birds chirping", "heavy rain / rain falling"}
     assert [p.k for p in taxonomy.curve] == list(range(2, 9))
     assert taxonomy.adjusted_silhouette == pytest.approx(taxonomy.silhouette - 2.0 * 3 / 18)
+
+
+def test_a_correction_with_several_pairs_keeps_the_best_scored_one(aligner, traffic_clips):
+    """As in the authors' code, every pair a reviewer types is scored and the best one is final, not the first."""
+    stage = ReviewStage(ReviewPolicy(threshold=2.0, auto_accept=False))  # every clip goes to review
+    clip = clip_of(traffic_clips[0])
+    scored = single(aligner.handle(pb.LabelProposal(clip=clip, model_id="m", labels=["church bells"]))).message
+    (task,) = by_topic(stage.handle(scored))[topics.REVIEW_TASKS]
+    typed = "Rain falling, Dog barking, Road traffic"
+    rescore = by_topic(stage.handle(pb.ReviewDecision(task_id=task.task_id, action=pb.REVIEW_ACTION_CORRECT,
+                                                      label=typed)))[topics.LABELS][0]
+    assert list(rescore.labels) == ["rain falling", "dog barking", "road traffic"]
+    alignment = single(aligner.handle(rescore)).message
+    by_label = {s.label: s.score for s in alignment.scores}
+    assert alignment.best_label == "road traffic" == max(by_label, key=by_label.get)
+    final = by_topic(stage.handle(alignment))[topics.FINAL_LABELS][0]
+    assert (final.label, final.final_score) == ("road traffic", pytest.approx(by_label["road traffic"]))
+    assert final.source == pb.LABEL_SOURCE_HUMAN and final.review_action == pb.REVIEW_ACTION_CORRECT

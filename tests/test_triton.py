@@ -218,7 +218,7 @@ def test_clap_via_16k_through_triton_scores_as_in_process(client, loaded, tiny_c
         np.testing.assert_allclose(mine.scores, theirs.scores, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni", "gemma3n"])
+@pytest.mark.parametrize("family", ["qwen2_audio", "qwen2_5_omni", "qwen3_omni", "gemma3n"])
 def test_mllm_through_triton_describes_as_in_process(client, loaded, clips, family, request):
     checkpoint = request.getfixturevalue(f"tiny_{family}")
     loaded("mllm_labeler", model_path=str(checkpoint), max_new_tokens="8")

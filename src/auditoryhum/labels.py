@@ -1,7 +1,8 @@
 """The paper's label post-processing, exactly, applied to every labeler's raw text.
 
-lower-case → drop all punctuation except commas → split on commas → drop non-ASCII → strip →
-keep at most ``max_words`` words per label (extra words are cut, not the label) → drop empties.
+line breaks become ", " (a model answering one pair a line gives several labels) → lower-case → drop all
+punctuation except commas → split on commas → drop non-ASCII → strip → keep at most ``max_words`` words per
+label (extra words are cut, not the label) → drop empties.
 Duplicates are removed keeping first occurrence, so a clip never scores the same label twice.
 """
 
@@ -22,7 +23,7 @@ def parse_labels(raw: str, max_words: int = 2) -> list[str]:
     """Turn raw model text like ``"Car horn, Busy-street!"`` into ``["car horn", "busystreet"]``."""
     if max_words < 1:
         raise ValueError("max_words must be at least 1")
-    text = "".join(c for c in raw.lower() if not _is_punctuation(c))
+    text = "".join(c for c in ", ".join(raw.splitlines()).lower() if not _is_punctuation(c))
     labels: list[str] = []
     for part in text.split(","):
         ascii_part = part.encode("ascii", "ignore").decode("ascii")

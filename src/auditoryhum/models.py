@@ -15,6 +15,9 @@ from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.naming import TextGenerator
 
 
+FOUR_BIT = {"on": True, "off": False, "auto": None}  # None: 4-bit where CUDA is, full weights elsewhere
+
+
 class Models:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -67,7 +70,7 @@ class Models:
                 return self._triton_backend(TritonLabeler, "mllm_labeler")
             from auditoryhum.backends.mllm import MllmLabeler
 
-            return MllmLabeler(s.labeler_model)
+            return MllmLabeler(s.labeler_model, load_in_4bit=FOUR_BIT[s.labeler_4bit])
         from auditoryhum.backends.yamnet import TaggerLabeler
 
         return TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)
@@ -80,6 +83,11 @@ class Models:
                 from auditoryhum.backends.triton import TritonScorer
 
                 return self._triton_backend(TritonScorer, "clap_scorer")
+            if s.scorer_model.endswith(".pt"):  # an original laion_clap checkpoint file
+                from auditoryhum.backends.clap import LaionClapScorer
+
+                return LaionClapScorer(s.scorer_model, enable_fusion=s.laion_fusion, amodel=s.laion_amodel,
+                                       text_dir=s.laion_text_dir, resample_via_16k=s.clap_resample_via_16k)
             from auditoryhum.backends.clap import ClapScorer
 
             return ClapScorer(s.scorer_model, processor_path=s.scorer_processor,
@@ -107,7 +115,11 @@ class Models:
 
         return TransformersGenerator(self.settings.namer_model)
 
-    def taxonomy_builder(self) -> TaxonomyBuilder:
-        s = self.settings
-        return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=s.k_max, lam=s.penalty_lambda,
-                               algorithm=s.algorithm, namer=self.namer, representation=s.representation)
+    def taxonomy_builder(self, settings: Settings | None = None) -> TaxonomyBuilder:
+        """With ``settings``: that run's clustering settings over these (already loaded) models."""
+        s = settings or self.settings
+        # The reference protocol sweeps k up to the unique count, as the authors did, unless k_max was given.
+        k_max = s.k_max if s.protocol == "default" or "k_max" in s.model_fields_set else None
+        return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=k_max, lam=s.penalty_lambda,
+                               algorithm=s.algorithm, namer=self.namer, representation=s.representation,
+                               protocol=s.protocol)

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from auditoryhum import audio, manifest, topics
+from auditoryhum import audio, datasets, topics
 from auditoryhum.auth import check_bind
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
 from auditoryhum.models import Models
 from auditoryhum.outputs import OutputWriter
+from auditoryhum.review.annotations import Annotation, read_annotations
 from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker, Threads
 from auditoryhum.stages.aligner import AlignerStage
@@ -57,13 +58,20 @@ class RunResult:
 
 def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset: str | None = None,
         models: Models | None = None, on_start: Callable[[int], None] = lambda total: None,
-        on_clip_done: Callable[[], None] = lambda: None, review_ui: ReviewUi | None = None) -> RunResult:
+        on_clip_done: Callable[[], None] = lambda: None, review_ui: ReviewUi | None = None,
+        annotations: Path | None = None, annotation_action: str = "correct") -> RunResult:
+    """``annotations``: a published human-annotation file (:mod:`auditoryhum.review.annotations`); its annotated
+    clips are the ones reviewed, and its lines their decisions."""
+    if review_ui is not None and annotations is not None:
+        raise ValueError("review in the browser or from an annotation file, not both")
     if review_ui is not None:
         check_bind(review_ui.host, review_ui.token)  # before minutes of labelling, not after
     started = time.perf_counter()
     models = models or Models(settings)
-    dataset = dataset or audio_dir.resolve().name
-    found = manifest.load(str(audio_dir), class_from_folder=settings.class_from_folder)
+    found = datasets.load(str(audio_dir), settings.layout, class_from_folder=settings.class_from_folder)
+    dataset = dataset or found.name
+    # Checked against the dataset before anything runs.
+    notes = read_annotations(annotations, found, dataset, settings.max_words) if annotations else []
     on_start(len(found.entries))
 
     load_audio = audio_loader(settings)
@@ -75,9 +83,11 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                          workers=settings.workers),
             AlignerStage(models.scorer, load_audio, models.scorer_rate,
                          keep_audio_embedding=settings.representation == "class-vector"),
-            ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold, auto_accept=review_ui is None),
+            ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold,
+                                     auto_accept=review_ui is None and not notes,
+                                     clips=frozenset(a.clip_id for a in notes) if notes else None),
                         settings.max_words),
-            ClustererStage(models.taxonomy_builder()),
+            ClustererStage(models.taxonomy_builder(settings)),
             writer,
         ]
         workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]
@@ -91,14 +101,20 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                     time.sleep(0.002)
                 bus.publish(topics.CLIPS, clip.clip_id, clip)
             _settle(bus, groups, threads)
+            extra = {}
             if review_ui is not None:
                 _review(ReviewDesk(workers[2], settings.review_lease_s), review_ui, dataset, threads)
+                _settle(bus, groups, threads)
+            if notes:
+                extra = _annotate(ReviewDesk(workers[2], settings.review_lease_s), notes, annotation_action,
+                                  f"annotations:{annotations.name}"[:100], dataset)
                 _settle(bus, groups, threads)
     elapsed = time.perf_counter() - started
     summary = writer.finish(dataset, models.embedder, {
         "skipped_files": found.skipped,
         "seconds": round(elapsed, 3),
         "clips_per_s": round(len(found.entries) / elapsed, 2) if elapsed > 0 else None,
+        **extra,
     })
     return RunResult(summary, out)
 
@@ -108,6 +124,18 @@ def _settle(bus: InMemoryBus, groups: list[str], threads: Threads) -> None:
     while bus.lag(*groups):
         threads.check()
         time.sleep(0.005)
+
+
+def _annotate(desk: ReviewDesk, notes: list[Annotation], action: str, reviewer: str, dataset: str) -> dict:
+    """Decide each annotated clip's task as its line says. A clip that never reached review (dead-lettered: no
+    audio to score) is listed, not decided."""
+    pending = {view.task_id for view in desk.tasks(dataset, limit=len(notes) + 1)}
+    skipped = [a.path for a in notes if a.task_id not in pending]
+    for a in notes:
+        if a.task_id in pending:
+            desk.decide(a.decision(action, reviewer))
+    desk.close(dataset)
+    return {"annotations_applied": len(notes) - len(skipped), "annotations_skipped": skipped}
 
 
 def _review(desk: ReviewDesk, ui: ReviewUi, dataset: str, threads: Threads) -> None:

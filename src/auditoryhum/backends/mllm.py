@@ -1,16 +1,23 @@
 """The paper's labelers: multimodal LLMs that listen to a clip and describe it in word pairs (transformers).
 
-Three families, told apart by the checkpoint's ``config.model_type``:
+Four families, told apart by the checkpoint's ``config.model_type``:
 
 - ``qwen2_audio``: Qwen2-Audio-7B-Instruct, ``Qwen2AudioForConditionalGeneration``;
 - ``qwen2_5_omni``: Qwen2.5-Omni-3B. Only its *thinker* (audio in, text out) is loaded, as
   ``Qwen2_5OmniThinkerForConditionalGeneration``, from either the full checkpoint (weights under ``thinker.``) or a
   thinker saved on its own (``qwen2_5_omni_thinker``); the talker and the speech decoder are never built;
+- ``qwen3_omni``: Qwen3-Omni-30B-A3B-Instruct, the same way: only its thinker,
+  ``Qwen3OmniMoeThinkerForConditionalGeneration``, from the full checkpoint or a thinker saved alone;
 - ``gemma3n``: Gemma-3n-E2B-it, ``Gemma3nForConditionalGeneration``.
 
-Each uses its checkpoint's own processor (``AutoProcessor``) and chat template. The prompt is the authors':
-a system turn "Describing an auditory scene." and a user turn with the audio and "Describe the auditory scene
-using word pairs. Separate each pair with a comma.", to which a reviewer's hint is appended when re-labelling.
+Each uses its checkpoint's own processor (``AutoProcessor``) and chat template. The prompt is the authors': a
+user turn with the audio and "Describe the auditory scene using word pairs. Separate each pair with a comma.", to
+which a reviewer's hint is appended when re-labelling, after a system turn that depends on the family, as in their
+code: the Qwen Omni models get the Qwen team's own system prompt, which they need to behave; Qwen2-Audio and
+Gemma 3n get "Describing an auditory scene.".
+
+On CUDA the paper profile loads the weights as the authors did: bitsandbytes 4-bit NF4 with double quantisation
+and bfloat16 compute (:func:`quantization_config`).
 Decoding is greedy, batched with left padding, and only the new tokens are returned: the labeler stage applies
 the paper's post-processing (:func:`auditoryhum.labels.parse_labels`) to that text.
 
@@ -28,12 +35,22 @@ from auditoryhum.audio import Audio
 from auditoryhum.backends import BackendUnavailable, Description
 
 SYSTEM_PROMPT = "Describing an auditory scene."
+# The reference code's comment: "The following text in system_role is required for Qwen to work properly".
+QWEN_OMNI_SYSTEM_PROMPT = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
+                           "perceiving auditory and visual inputs, as well as generating text and speech.")
 USER_PROMPT = "Describe the auditory scene using word pairs. Separate each pair with a comma."
 HINT_PREFIX = "Hint from a reviewer: "
-# Names the prompt in every label proposal, so labels from different prompts are never mixed up unknowingly.
-PROMPT_ID = "word-pairs-" + hashlib.sha256(f"{SYSTEM_PROMPT}\n{USER_PROMPT}".encode()).hexdigest()[:8]
 
-FAMILIES = ("qwen2_audio", "qwen2_5_omni", "gemma3n")
+FAMILIES = ("qwen2_audio", "qwen2_5_omni", "qwen3_omni", "gemma3n")
+SYSTEM_PROMPTS = {"qwen2_audio": SYSTEM_PROMPT, "qwen2_5_omni": QWEN_OMNI_SYSTEM_PROMPT,
+                  "qwen3_omni": QWEN_OMNI_SYSTEM_PROMPT, "gemma3n": SYSTEM_PROMPT}
+# Names the prompts (every family's) in every label proposal, so labels from different prompts are never mixed up
+# unknowingly. One id for all families: a Triton client knows the prompt set, not the family behind the server.
+PROMPT_ID = "word-pairs-" + hashlib.sha256(
+    "\n".join([*(f"{f}: {SYSTEM_PROMPTS[f]}" for f in FAMILIES), USER_PROMPT]).encode()).hexdigest()[:8]
+# model_type of a thinker saved on its own → its family
+_THINKERS = {"qwen2_5_omni_thinker": "qwen2_5_omni", "qwen3_omni_moe_thinker": "qwen3_omni",
+             "qwen3_omni_moe": "qwen3_omni"}
 
 
 def user_prompt(hint: str = "") -> str:
@@ -42,9 +59,9 @@ def user_prompt(hint: str = "") -> str:
     return f"{USER_PROMPT} {HINT_PREFIX}{hint}" if hint else USER_PROMPT
 
 
-def conversation(hint: str = "") -> list[dict[str, Any]]:
+def conversation(hint: str = "", family: str = "qwen2_audio") -> list[dict[str, Any]]:
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": SYSTEM_PROMPTS[family]},
         {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": user_prompt(hint)}]},
     ]
 
@@ -55,7 +72,7 @@ class MllmLabeler:
     prompt_id = PROMPT_ID
 
     def __init__(self, path: str, *, family: str | None = None, model_id: str | None = None,
-                 max_new_tokens: int = 64, load_in_4bit: bool = False, device: str | None = None,
+                 max_new_tokens: int = 64, load_in_4bit: bool | None = False, device: str | None = None,
                  batch_size: int = 8):
         import torch
         from transformers import AutoConfig, AutoProcessor
@@ -81,7 +98,8 @@ class MllmLabeler:
             if clip.sample_rate != self.sample_rate:
                 raise ValueError(f"{self.family} needs {self.sample_rate} Hz audio, got {clip.sample_rate}")
         hints = list(hints) if hints else [""] * len(clips)
-        texts = [self.processor.apply_chat_template(conversation(h), add_generation_prompt=True, tokenize=False)
+        texts = [self.processor.apply_chat_template(conversation(h, self.family), add_generation_prompt=True,
+                                                    tokenize=False)
                  for h in hints]
         with self._processor_lock:
             batch = self.processor(text=texts, audio=[c.samples for c in clips], sampling_rate=self.sample_rate,
@@ -111,23 +129,34 @@ class MllmLabeler:
 
 
 def _family(model_type: str) -> str:
-    return "qwen2_5_omni" if model_type == "qwen2_5_omni_thinker" else model_type
+    return _THINKERS.get(model_type, model_type)
 
 
-def _quantization(load_in_4bit: bool, device: str):
-    """bitsandbytes 4-bit weights, which exist only on CUDA: asking for them elsewhere is an error, not a fallback."""
-    if not load_in_4bit:
-        return None
+def quantization_config():
+    """The authors' loading: 4-bit NF4 weights, double quantisation, bfloat16 compute."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def _quantization(load_in_4bit: bool | None, device: str):
+    """bitsandbytes 4-bit weights, which exist only on CUDA: asking for them elsewhere is an error, not a fallback.
+    ``None`` (the paper profile's default) means "as the authors, where it can be": 4-bit on CUDA, else full."""
     import torch
 
-    if not (str(device).startswith("cuda") and torch.cuda.is_available()):
+    on_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    if load_in_4bit is None:
+        load_in_4bit = on_cuda
+    if not load_in_4bit:
+        return None
+    if not on_cuda:
         raise BackendUnavailable(f"4-bit loading needs a CUDA device; this labeler runs on {device!r}")
     missing = [name for name in ("bitsandbytes", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
         raise BackendUnavailable(f"4-bit loading needs {' and '.join(missing)}: pip install {' '.join(missing)}")
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    return quantization_config()
 
 
 def _load_model(family: str, path: str, config, device: str, quantization):
@@ -142,9 +171,12 @@ def _load_model(family: str, path: str, config, device: str, quantization):
         model = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
     elif family == "gemma3n":
         model = transformers.Gemma3nForConditionalGeneration.from_pretrained(path, **kwargs)
-    elif config.model_type == "qwen2_5_omni":  # the released checkpoint: keep the thinker, skip talker and token2wav
-        model = transformers.Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            path, config=config.thinker_config, key_mapping={r"^thinker\.": ""}, **kwargs)
     else:
-        model = transformers.Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, **kwargs)
+        thinker = (transformers.Qwen2_5OmniThinkerForConditionalGeneration if family == "qwen2_5_omni"
+                   else transformers.Qwen3OmniMoeThinkerForConditionalGeneration)
+        if config.model_type in ("qwen2_5_omni", "qwen3_omni_moe"):  # released: keep the thinker, skip the talker
+            model = thinker.from_pretrained(path, config=config.thinker_config, key_mapping={r"^thinker\.": ""},
+                                            **kwargs)
+        else:
+            model = thinker.from_pretrained(path, **kwargs)
     return model if quantization is not None else model.to(device)

@@ -28,14 +28,24 @@ def run(
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
+    protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
+                                                      "the euclidean silhouette, k up to the unique count."),
     max_words: Optional[int] = typer.Option(None, help="Words kept per label."),
     class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
+    layout: Optional[str] = typer.Option(None, help="files (default), or a dataset as published: advance, ahead-ds, "
+                                                    "tau2019, tau2021 (ground truth from its metadata)."),
     representation: Optional[str] = typer.Option(None, help="labels (default) or class-vector."),
     namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                                help="Local text-generation model folder that names the clusters."),
     profile: Optional[str] = typer.Option(None, help="lite (offline default) or paper (Qwen2.5-Omni + Human-CLAP)."),
     backend: Optional[str] = typer.Option(None, help="inprocess (default) or triton (models on a Triton server)."),
     triton_url: Optional[str] = typer.Option(None, help="Triton's gRPC address, with --backend triton."),
+    annotations: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                               help="A published human-annotation file (one line per clip in file "
+                                                    "name order, blank if not reviewed): its clips are reviewed, "
+                                                    "its lines are the decisions."),
+    annotation_action: str = typer.Option("correct", help="correct (the line is the label) or relabel (the line "
+                                                          "is a hint for the labeler)."),
     review_ui: bool = typer.Option(False, "--review-ui", help="Pause after scoring and serve the review queue in "
                                                               "the browser; \"Finish review\" builds the taxonomy."),
     ui_host: str = typer.Option("127.0.0.1", help="Address of the review UI (beyond loopback only with a token)."),
@@ -46,17 +56,26 @@ def run(
     """Label, score, review and cluster every clip in AUDIO_DIR (embedded mode, one process)."""
     from auditoryhum import pipeline
     from auditoryhum.auth import check_bind
+    from auditoryhum.review.annotations import ACTIONS, AnnotationError
 
+    if annotation_action not in ACTIONS:
+        raise typer.BadParameter("correct or relabel", param_hint="--annotation-action")
+    if annotations and review_ui:
+        raise typer.BadParameter("review in the browser or from an annotation file, not both",
+                                 param_hint="--annotations")
     if review_ui:
         try:
             check_bind(ui_host, ui_token)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--ui-host") from None
     settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
-                         k_max=k_max, penalty_lambda=lam, algorithm=algorithm, max_words=max_words,
-                         class_from_folder=class_from_folder or None, representation=representation,
+                         k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
+                         max_words=max_words,
+                         class_from_folder=class_from_folder or None, layout=layout, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
+    from auditoryhum.manifest import ManifestError
+
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("loading models", total=None)
@@ -68,11 +87,16 @@ def run(
                   flush=True)
 
         ui = pipeline.ReviewUi(ui_host, ui_port, ui_token, reviewing) if review_ui else None
-        result = pipeline.run(
-            audio_dir, out, settings, dataset=dataset, review_ui=ui,
-            on_start=lambda total: progress.update(task, description="labelling", total=total),
-            on_clip_done=lambda: progress.advance(task),
-        )
+        try:
+            result = pipeline.run(
+                audio_dir, out, settings, dataset=dataset, review_ui=ui, annotations=annotations,
+                annotation_action=annotation_action,
+                on_start=lambda total: progress.update(task, description="labelling", total=total),
+                on_clip_done=lambda: progress.advance(task),
+            )
+        except (ManifestError, AnnotationError) as exc:  # checked before anything runs: nothing was processed
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
     _print_summary(result.summary, out)
 
 
@@ -86,6 +110,8 @@ def cluster(
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
+    protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
+                                                      "the euclidean silhouette, k up to the unique count."),
     namer_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                                help="Local text-generation model folder that names the clusters."),
 ) -> None:
@@ -96,7 +122,7 @@ def cluster(
     from auditoryhum.outputs import write_taxonomy
     from auditoryhum.taxonomy.table import read_label_table
 
-    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm,
+    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
                          namer_model=str(namer_model) if namer_model else None)
     try:
         labels = read_label_table(table, settings.max_words)

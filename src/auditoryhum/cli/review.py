@@ -1,4 +1,5 @@
-"""`auditoryhum review`: review tasks out to Label Studio, and its annotations back in as decisions."""
+"""`auditoryhum review`: review tasks out to Label Studio, and its annotations back in as decisions; the authors'
+published annotation files in as decisions."""
 
 from __future__ import annotations
 
@@ -108,6 +109,64 @@ def review_import(
     _print_outcomes(rows)
     if any(row[2] in ("refused", "invalid") for row in rows):
         raise typer.Exit(1)
+
+
+@review_app.command("import-csv")
+def review_import_csv(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="A published human-annotation file: one line per clip of the dataset in file "
+                                     "name order, blank where a clip was not reviewed, else the reviewer's labels."),
+    dataset_root: Path = typer.Option(..., "--dataset-root", exists=True, file_okay=False,
+                                      help="The dataset folder the clips were ingested from."),
+    layout: str = typer.Option("files", help="How that folder is read: files, advance, ahead-ds, tau2019, tau2021."),
+    dataset: Optional[str] = typer.Option(None, help="The dataset name used at ingest (default: the layout's or the "
+                                                     "folder's name)."),
+    action: str = typer.Option("correct", help="correct (the line is the label) or relabel (the line is a hint)."),
+    skip_unselected: bool = typer.Option(False, help="Skip lines whose clip has no pending task (not selected "
+                                                     "for review) instead of refusing the file."),
+    reviewer: str = typer.Option("", help="Recorded as the decisions' reviewer (default: annotations:<file name>)."),
+    review: str = REVIEW_ADDRESS,
+    token: Optional[str] = REVIEW_TOKEN,
+) -> None:
+    """Apply the authors' human annotations as review decisions, over the review service's gRPC API. The whole file
+    is checked first (its length against the dataset, every line's labels, every annotated clip's pending task):
+    on any problem nothing is applied."""
+    import grpc
+
+    from auditoryhum import datasets
+    from auditoryhum.manifest import ManifestError
+    from auditoryhum.review.annotations import ACTIONS, AnnotationError, check_pending, read_annotations
+    from auditoryhum.service.client import ReviewClient
+
+    if action not in ACTIONS:
+        raise typer.BadParameter("correct or relabel", param_hint="--action")
+    try:
+        found = datasets.load(str(dataset_root), layout)
+        name = dataset or found.name
+        notes = read_annotations(file, found, name)
+        with ReviewClient(review, token) as client:
+            pending = {task.task_id for task in client.pending(name)}
+            skipped = [a for a in notes if a.task_id not in pending] if skip_unselected else []
+            notes = [a for a in notes if a not in skipped]
+            check_pending(notes, pending, file)
+            rows = []
+            for a in notes:
+                answer = client.submit(a.decision(action, reviewer or f"annotations:{file.name}"[:100]))
+                rows.append((str(a.line), a.path, "duplicate" if answer.duplicate else "applied", answer.clip_status))
+    except (ManifestError, AnnotationError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except grpc.RpcError as exc:
+        typer.echo(f"{review}: {exc.code().name}: {exc.details()}", err=True)
+        raise typer.Exit(1) from None
+    rows += [(str(a.line), a.path, "skipped", "no pending task") for a in skipped]
+    table = Table(title=f"{file.name} → review decisions ({name})")
+    for col in ("line", "clip", "outcome", "clip status"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*map(Text, row))
+    Console().print(table)
+    Console().print(f"{sum(r[2] == 'applied' for r in rows)} applied, {len(skipped)} skipped")
 
 
 def _print_outcomes(rows: list[tuple[str, str, str, str]]) -> None:

@@ -37,6 +37,8 @@ def ingest_command(
     dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's, file's or prefix's name)."),
     partitions: int = typer.Option(4, min=1, help="Partitions of topics created if missing."),
     class_from_folder: bool = typer.Option(False, help="Use each clip's first sub-folder as its ground-truth class."),
+    layout: str = typer.Option("files", help="files, or a local folder of one of the paper's datasets as published: "
+                                             "advance, ahead-ds, tau2019, tau2021."),
     shard_index: int = typer.Option(0, min=0, help="Publish only shard I: the clips whose position mod N is I."),
     shard_count: Optional[int] = typer.Option(None, min=1, help="N shards (default 1; with --on-kubernetes: the "
                                                                 "parallelism)."),
@@ -71,7 +73,8 @@ def ingest_command(
     from auditoryhum import kube, topics
     from auditoryhum.bus import BusError
     from auditoryhum.bus.kafka import KafkaBus, ensure_topics
-    from auditoryhum.manifest import ManifestError, load
+    from auditoryhum.datasets import load
+    from auditoryhum.manifest import ManifestError
     from auditoryhum.v1 import pipeline_pb2 as pb
 
     shards = shard_count or (parallelism if on_kubernetes else 1)
@@ -80,7 +83,7 @@ def ingest_command(
     if on_kubernetes and not image:
         raise typer.BadParameter("is required with --on-kubernetes", param_hint="--image")
     try:
-        found = load(source, class_from_folder=class_from_folder)
+        found = load(source, layout, class_from_folder=class_from_folder)
     except ManifestError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -93,7 +96,8 @@ def ingest_command(
     if on_kubernetes:  # the server accepts the Job (a dry run) before anything is announced
         spec = kube.IngestJob(source, dataset, len(found.entries), shards, min(parallelism, shards), image,
                               kafka_bootstrap or bootstrap, partitions, class_from_folder, cpu, memory,
-                              backoff_limit_per_index, ttl, service_account, env_from_secret, volume_claim, mount_path)
+                              backoff_limit_per_index, ttl, service_account, env_from_secret, volume_claim, mount_path,
+                              layout=layout)
         job = kube.ingest_job(spec)
         try:
             api = kube.connect(kubeconfig, context)

@@ -37,6 +37,7 @@ from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
 from auditoryhum.store import Store
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
+from auditoryhum.taxonomy.reference import ALGORITHM as REFERENCE
 from auditoryhum.v1 import services_pb2_grpc as rpc
 
 log = logging.getLogger("auditoryhum.service")
@@ -89,8 +90,11 @@ def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     stage = ClustererStage(models.taxonomy_builder(), store)
 
     def builder(k_min: int, k_max: int, lam: float, algorithm: str) -> TaxonomyBuilder:
-        return TaxonomyBuilder(models.embedder, k_min=k_min, k_max=k_max, lam=lam, algorithm=algorithm,
-                               namer=models.namer, representation=s.representation)
+        # algorithm "reference" asks for the authors' protocol (weighted Ward, euclidean silhouette)
+        protocol = "reference" if algorithm == REFERENCE else "default"
+        return TaxonomyBuilder(models.embedder, k_min=k_min, k_max=k_max, lam=lam,
+                               algorithm=algorithm if protocol == "default" else "kmeans", namer=models.namer,
+                               representation=s.representation, protocol=protocol)
 
     return stage, lambda worker: [(rpc.add_ClustererServiceServicer_to_server,
                                    grpc_api.ClustererServicer(stage, models.embedder, builder))]

@@ -27,6 +27,7 @@ from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.cluster import ALGORITHMS
 from auditoryhum.taxonomy.index import TaxonomyIndex
+from auditoryhum.taxonomy.reference import ALGORITHM as REFERENCE
 from auditoryhum.v1 import pipeline_pb2 as pb
 from auditoryhum.v1 import services_pb2 as api
 from auditoryhum.v1 import services_pb2_grpc as api_grpc
@@ -261,13 +262,14 @@ def _labels(labels: Sequence[str], limit: int) -> list[str]:
     return list(labels)
 
 
-def _check_settings(k_min: int, k_max: int, lam: float, algorithm: str) -> None:
+def _check_settings(k_min: int, k_max: int | None, lam: float, algorithm: str) -> None:
     """The settings in force, the request's or the defaults, are checked before a long sweep starts."""
     if k_min < 2:
         raise _invalid(f"k_min is {k_min}; it must be at least 2")
-    if k_max < k_min:
+    if k_max is not None and k_max < k_min:  # None: up to the unique count (the reference protocol)
         raise _invalid(f"k_max ({k_max}) is below k_min ({k_min})")
-    if algorithm not in ALGORITHMS:
-        raise _invalid(f"unknown algorithm {algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
+    if algorithm not in ALGORITHMS and algorithm != REFERENCE:
+        known = ", ".join(sorted([*ALGORITHMS, REFERENCE]))
+        raise _invalid(f"unknown algorithm {algorithm!r}; known: {known}")
     if not (math.isfinite(lam) and lam >= 0):
         raise _invalid(f"penalty_lambda is {lam:g}; it must be a finite number >= 0")

@@ -4,7 +4,8 @@ Selection is per dataset: the lowest ``fraction`` of clip scores (at least one c
 dataset is scored or dead-lettered, or, with an absolute ``threshold``, every clip below it as it streams in.
 Without reviewers (``auto_accept``, the embedded default) selected clips are queued and keep the model's label.
 With reviewers, a selected clip waits for a :class:`ReviewDecision`: accept keeps the label; a correction goes to the
-aligner to be scored (the paper's before/after measure) and becomes final with that score; re-label sends the clip
+aligner to be scored (the paper's before/after measure) and its best label becomes final with that score (a
+reviewer may type several comma-separated pairs: all are scored, as in the authors' code); re-label sends the clip
 back to the labeler with the reviewer's hint; unusable removes it. Every decision is recorded once (idempotent).
 When all final labels of a dataset are out, a ``DatasetSealed`` tells the clusterer how many to expect.
 
@@ -43,6 +44,9 @@ class ReviewPolicy:
     fraction: float = 0.01
     threshold: float | None = None
     auto_accept: bool = True
+    # Exactly these clips are reviewed, once the dataset is complete (the clips a published annotation file
+    # reviewed); None: the lowest fraction, or the threshold.
+    clips: frozenset[str] | None = None
 
     def __post_init__(self):
         if not 0.0 < self.fraction <= 1.0:
@@ -111,7 +115,7 @@ class ReviewStage(Stage):
         db.execute(insert(review_clips).values(dataset=clip.dataset, clip_id=clip.clip_id, status=SCORED,
                                                score=alignment.best_score, label=alignment.best_label,
                                                alignment=alignment.SerializeToString()))
-        if self.policy.threshold is None:
+        if self.policy.threshold is None or self.policy.clips is not None:
             return self._progress(db, clip.dataset)
         if alignment.best_score < self.policy.threshold:
             outs = self._select(db, alignment, f"score below {self.policy.threshold:g}")
@@ -148,11 +152,17 @@ class ReviewStage(Stage):
         outs: list[Out] = []
         if rows:
             alignments = [pb.Alignment.FromString(b) for b in rows]
-            n = max(1, math.ceil(self.policy.fraction * len(alignments)))
-            reason = f"lowest {self.policy.fraction:.0%} of dataset scores"
-            for a in alignments[:n]:
+            if self.policy.clips is not None:
+                chosen = [a for a in alignments if a.clip.clip_id in self.policy.clips]
+                rest = [a for a in alignments if a.clip.clip_id not in self.policy.clips]
+                reason = "annotated by a reviewer"
+            else:
+                n = max(1, math.ceil(self.policy.fraction * len(alignments)))
+                chosen, rest = alignments[:n], alignments[n:]
+                reason = f"lowest {self.policy.fraction:.0%} of dataset scores"
+            for a in chosen:
                 outs += self._select(db, a, reason)
-            outs += [self._final(db, a) for a in alignments[n:]]
+            outs += [self._final(db, a) for a in rest]
         return outs + self._seal(db, dataset)
 
     def _select(self, db: Connection, alignment: pb.Alignment, reason: str) -> list[Out]:
@@ -179,7 +189,7 @@ class ReviewStage(Stage):
             if not labels:  # the task stays pending
                 return [dead_letter(self.name, f"correction has no usable label: {decision.label[:200]!r}", decision,
                                     clip=clip)]
-            label = labels[0]
+            label = ", ".join(labels)  # several pairs: the aligner scores them all and the best is final
         elif action not in ACTIONS:
             return [dead_letter(self.name, "decision has no action", decision, clip=clip)]
         db.execute(insert(review_decisions).values(
@@ -193,7 +203,7 @@ class ReviewStage(Stage):
         elif action == pb.REVIEW_ACTION_CORRECT:  # final once the aligner has scored the new label
             self._set(db, clip, status=RESCORING, lease_owner=None, lease_expires=None)
             proposal = pb.LabelProposal(clip=clip, model_id=HUMAN_MODEL_ID, prompt_id="review", raw_text=decision.label,
-                                        labels=[label], tags=alignment.tags)
+                                        labels=labels, tags=alignment.tags)
             outs = [Out(topics.LABELS, clip.clip_id, proposal)]
         elif action == pb.REVIEW_ACTION_RELABEL:
             again = pb.Clip()

@@ -3,6 +3,10 @@
 - ``labels`` (default): each unique label's text embedding, weighted by its clip count.
 - ``class-vector`` (the paper's newer one): each clip is the vector of cosines between its audio embedding and
   every unique label's text embedding; clips are clustered, so one label may fall in several clusters.
+
+and one of two protocols: ``default`` (:func:`~auditoryhum.taxonomy.selection.select_k`: k-means or Ward on unique
+labels, duplicate-weighted cosine silhouette) or ``reference`` (:func:`~auditoryhum.taxonomy.reference.
+reference_select_k`: the authors' Ward and euclidean silhouette on every clip, computed on unique labels).
 """
 
 from __future__ import annotations
@@ -14,19 +18,27 @@ import numpy as np
 
 from auditoryhum.backends import TextEmbedder
 from auditoryhum.taxonomy.naming import TextGenerator, clean_name, cluster_prompt, frequent_labels_name, ranked
+from auditoryhum.taxonomy.reference import ALGORITHM as REFERENCE_ALGORITHM
+from auditoryhum.taxonomy.reference import reference_select_k
 from auditoryhum.taxonomy.selection import Selection, select_k
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 REPRESENTATIONS = ("labels", "class-vector")
+PROTOCOLS = ("default", "reference")
 
 
 class TaxonomyBuilder:
-    def __init__(self, embedder: TextEmbedder, *, k_min: int = 2, k_max: int = 64, lam: float = 2.0,
+    def __init__(self, embedder: TextEmbedder, *, k_min: int = 2, k_max: int | None = 64, lam: float = 2.0,
                  algorithm: str = "kmeans", seed: int = 0, namer: TextGenerator | None = None,
-                 representation: str = "labels"):
+                 representation: str = "labels", protocol: str = "default"):
+        """``k_max`` None: up to the unique count (the reference protocol's sweep)."""
         if representation not in REPRESENTATIONS:
             raise ValueError(f"unknown representation {representation!r}; known: {REPRESENTATIONS}")
-        self.embedder, self.namer, self.representation = embedder, namer, representation
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+        if protocol == "reference":
+            algorithm = REFERENCE_ALGORITHM
+        self.embedder, self.namer, self.representation, self.protocol = embedder, namer, representation, protocol
         self.k_min, self.k_max, self.lam, self.algorithm, self.seed = k_min, k_max, lam, algorithm, seed
 
     def build(self, dataset: str, counts: Mapping[str, int]) -> pb.Taxonomy:
@@ -69,8 +81,10 @@ class TaxonomyBuilder:
         return taxonomy
 
     def _select(self, x: np.ndarray, weights: np.ndarray) -> Selection:
-        return select_k(x, weights, k_min=self.k_min, k_max=self.k_max, lam=self.lam, algorithm=self.algorithm,
-                        seed=self.seed)
+        if self.protocol == "reference":
+            return reference_select_k(x, weights, k_min=self.k_min, k_max=self.k_max, lam=self.lam)
+        return select_k(x, weights, k_min=self.k_min, k_max=len(x) if self.k_max is None else self.k_max,
+                        lam=self.lam, algorithm=self.algorithm, seed=self.seed)
 
     @staticmethod
     def _order(members: dict[int, Counter[str]]) -> list[int]:

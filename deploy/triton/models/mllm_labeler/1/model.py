@@ -14,7 +14,8 @@ class TritonPythonModel:
         path = serving.required(params, "model_path", "mllm_labeler")
         self.labeler = MllmLabeler(path, model_id=params.get("model_id") or None, device=serving.device(args),
                                    max_new_tokens=int(params.get("max_new_tokens") or 64),
-                                   load_in_4bit=params.get("load_in_4bit", "").lower() == "true")
+                                   load_in_4bit={"true": True, "auto": None}.get(
+                                       params.get("load_in_4bit", "").lower(), False))
         rate = int(params.get("sample_rate") or self.labeler.sample_rate)
         if rate != self.labeler.sample_rate:
             # Clients send audio at the configured rate: a mismatch would mislabel every clip.
