@@ -26,11 +26,14 @@ def evaluate_runs(
     except RunFolderError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
+    # One column per run and a row per measure: 18 measures side by side do not fit a terminal.
     shown = Table(title="AuditoryHuM evaluation")
-    for column in COLUMNS:
-        shown.add_column(HEADINGS[column], overflow="fold")
+    shown.add_column("")
     for row in table:
-        shown.add_row(*(Text("–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
-                        for v in row.values()))
+        shown.add_column(str(row["run"]), overflow="fold")
+    for column in COLUMNS[1:]:
+        shown.add_row(HEADINGS[column], *(Text("–" if row[column] is None else f"{row[column]:.4f}"
+                                               if isinstance(row[column], float) else str(row[column]))
+                                          for row in table))
     Console().print(shown)
     Console().print(f"wrote {out / 'evaluation.csv'}, {out / 'evaluation.json'} and {out / 'evaluation.html'}")
