@@ -4,7 +4,8 @@ from auditoryhum import topics
 from auditoryhum.bus import BusError
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.runner import StageWorker, drain
-from auditoryhum.stages.base import Out, Stage, TransientError
+from auditoryhum.errors import TransientError
+from auditoryhum.stages.base import Out, Stage
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 

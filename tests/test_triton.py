@@ -18,7 +18,7 @@ from auditoryhum.backends.clap import ClapScorer
 from auditoryhum.backends.mllm import MllmLabeler
 from auditoryhum.backends.text import SentenceEmbedder, embedder_id
 from auditoryhum.backends.yamnet import TaggerLabeler
-from auditoryhum.stages.base import TransientError
+from auditoryhum.errors import TransientError
 from auditoryhum.taxonomy.naming import TransformersGenerator, cluster_prompt
 from tests.conftest import LINCITY
 

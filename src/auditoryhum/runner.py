@@ -16,7 +16,8 @@ from google.protobuf.message import Message
 
 from auditoryhum.bus import Bus, BusError, Consumer, Record
 from auditoryhum.bus.codec import TYPE_HEADER, CodecError
-from auditoryhum.stages.base import Out, Stage, TransientError, dead_letter
+from auditoryhum.errors import TransientError
+from auditoryhum.stages.base import Out, Stage, dead_letter
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from auditoryhum.backends import features, yamnet
 from auditoryhum.backends.clap import CLAP_RATE, resample_for_clap
 from auditoryhum.backends.mllm import PROMPT_ID
 from auditoryhum.backends.text import embedder_id
-from auditoryhum.stages.base import TransientError
+from auditoryhum.errors import TransientError
 
 # The model repository of a source checkout: the configurations that load() overrides.
 REPOSITORY = Path(__file__).resolve().parents[3] / "deploy" / "triton" / "models"

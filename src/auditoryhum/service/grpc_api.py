@@ -19,9 +19,10 @@ import grpc
 
 from auditoryhum import audio, topics
 from auditoryhum.backends import TextEmbedder
+from auditoryhum.errors import TransientError
 from auditoryhum.review.desk import LeaseHeld, ReviewDesk, ReviewError, TaskGone
 from auditoryhum.stages.aligner import AlignerStage
-from auditoryhum.stages.base import Out, TransientError
+from auditoryhum.stages.base import Out
 from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.taxonomy.builder import TaxonomyBuilder

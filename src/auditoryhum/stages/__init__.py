@@ -4,6 +4,6 @@ Handlers do no I/O of their own: models, audio loading and state come in through
 handlers run in the embedded runner (:mod:`auditoryhum.pipeline`) and in the distributed services.
 """
 
-from auditoryhum.stages.base import Out, Stage, TransientError, dead_letter
+from auditoryhum.stages.base import Out, Stage, dead_letter
 
-__all__ = ["Out", "Stage", "TransientError", "dead_letter"]
+__all__ = ["Out", "Stage", "dead_letter"]

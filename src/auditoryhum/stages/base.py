@@ -19,10 +19,6 @@ class Out:
     message: Message
 
 
-class TransientError(RuntimeError):
-    """A back-end hiccup (model server busy, database restarting): retry the record later, never dead-letter it."""
-
-
 class Stage:
     """A handler: ``handle`` maps one message to the records to publish.
 
