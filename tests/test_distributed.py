@@ -176,7 +176,9 @@ def test_every_service_reports_health_reflection_and_metrics(stack):
             listed = {s.name for s in answer.list_services_response.service}
         assert f"auditoryhum.v1.{name.capitalize()}Service" in listed and "grpc.health.v1.Health" in listed
         text = urllib.request.urlopen(f"http://{stack.metrics_address(name)}/metrics", timeout=5).read().decode()
-        for family in ("auditoryhum_records_in_total", "auditoryhum_batch_seconds_bucket", "auditoryhum_consumer_lag"):
+        # Every series is there from the start, before any record: this test passes run on its own too.
+        for family in ("auditoryhum_records_in_total", "auditoryhum_batch_seconds_bucket", "auditoryhum_consumer_lag",
+                       "auditoryhum_consumer_stalls_total", "auditoryhum_errors_total", "auditoryhum_dead_letters_total"):
             assert f"{family}{{" in text, (name, family)
     # The review service also serves its web UI: the sign-in page, under the UI's security headers.
     page = urllib.request.urlopen(f"http://127.0.0.1:{stack.ui_port}/signin", timeout=5)

@@ -118,14 +118,13 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     check_bind(settings.grpc_host, _token(settings))  # before anything starts
     ensure_topics(settings.bootstrap, topics.ALL, settings.partitions)
-    for kind in metrics.STALL_KINDS:  # zeros from the start, so a dashboard sees the series before a stall
-        metrics.CONSUMER_STALLS.labels(name, kind)
     bus = KafkaBus(settings.bootstrap, client_id=f"auditoryhum-{name}", instance_id=settings.instance_id,
                    session_timeout_ms=settings.session_timeout_ms, stall_after_s=settings.stall_timeout_s,
                    on_stall=lambda group, kind: metrics.CONSUMER_STALLS.labels(name, kind).inc())
     with ExitStack() as stack:
         stack.callback(bus.close)
         stage, servicers = WIRING[name](settings, Models(settings), stack)
+        metrics.start(name, stage.consumes)
         worker = StageWorker(bus, stage, batch_size=settings.batch_size, metrics=metrics.StageMetrics())
         stack.callback(worker.consumer.close)
         grpc_port, metrics_port = settings.ports(name)

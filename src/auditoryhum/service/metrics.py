@@ -34,6 +34,21 @@ CONSUMER_STALLS = Counter("auditoryhum_consumer_stalls", "Kafka consumers found 
                           "(no heartbeat answered for a session), unjoined (no join completed), idle (held partitions "
                           "whose waiting records it never delivered)", ["stage", "kind"])
 STALL_KINDS = ("heartbeat", "unjoined", "idle")
+ERROR_KINDS = ("transient", "bus")
+
+
+def start(stage: str, consumes: Sequence[str]) -> None:
+    """Every series a stage reports, at zero from the start: a dashboard or an alert sees them before the first
+    record (or the first stall) comes."""
+    for topic in consumes:
+        RECORDS_IN.labels(stage, topic)
+    for kind in ERROR_KINDS:
+        ERRORS.labels(stage, kind)
+    for kind in STALL_KINDS:
+        CONSUMER_STALLS.labels(stage, kind)
+    DEAD_LETTERS.labels(stage)
+    BATCH_SECONDS.labels(stage)
+    CONSUMER_LAG.labels(stage).set(0)
 
 
 class StageMetrics(runner.Metrics):
