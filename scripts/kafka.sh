@@ -106,10 +106,11 @@ start() {
   write_config
   local cp="$LIB/*" t0=$SECONDS
   if [ ! -f "$HOME_DIR/data/meta.properties" ]; then
-    # A cluster id is 16 random bytes, URL-safe base64 without padding.
+    # A cluster id is 16 random bytes, URL-safe base64 without padding. It starts with '-' once in 64: given as
+    # --cluster-id=ID, never as a separate word, or the option parser takes it for an option.
     local id; id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
     java -cp "$cp" -Dlog4j2.configurationFile="$ROOT/deploy/kafka/log4j2.yaml" -Dkafka.logs.dir="$HOME_DIR/logs" \
-      kafka.tools.StorageTool format -t "$id" -c "$HOME_DIR/server.properties" >"$HOME_DIR/logs/format.log" 2>&1 \
+      kafka.tools.StorageTool format --cluster-id="$id" -c "$HOME_DIR/server.properties" >"$HOME_DIR/logs/format.log" 2>&1 \
       || { cat "$HOME_DIR/logs/format.log" >&2; fail "storage format failed"; }
   fi
   # setsid: its own session, so a Ctrl-C in the calling terminal or make does not reach the broker.

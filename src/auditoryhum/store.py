@@ -134,7 +134,8 @@ def _sqlite_connect(dbapi_conn, _record, *, wal: bool) -> None:
     if wal:  # readers (the API) never block the stream's writer
         cursor = dbapi_conn.cursor()
         _switch_to_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # Offsets are committed once this state is: a machine crash must not roll back a commit (NORMAL may).
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
 
