@@ -147,21 +147,25 @@ def build_qwen2_audio(folder: Path) -> Path:
     return _save(folder, tf.Qwen2AudioForConditionalGeneration(config), processor)
 
 
-def build_qwen2_5_omni(folder: Path) -> Path:
-    """A Qwen2.5-Omni checkpoint as released (``model_type`` qwen2_5_omni, weights under ``thinker.``) with audio
-    output disabled, so only the thinker has weights; ``Qwen2_5OmniProcessor``."""
-    tok = byte_bpe(OMNI_SPECIAL)
+def _omni_processor(processor_class) -> tuple:
+    """The Qwen Omni families' tokenizer (their special tokens by name), processor and those tokens' ids."""
     named = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
              "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
              "vision_eos_token": "<|vision_eos|>"}
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                           extra_special_tokens=named)
-    processor = tf.Qwen2_5OmniProcessor(
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=byte_bpe(OMNI_SPECIAL), eos_token="<|im_end|>",
+                                           pad_token="<|endoftext|>", extra_special_tokens=named)
+    processor = processor_class(
         image_processor=tf.Qwen2VLImageProcessor(), video_processor=tf.Qwen2VLVideoProcessor(),
         feature_extractor=tf.WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer,
         chat_template=QWEN_OMNI_TEMPLATE)
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in named.items()}
-    vocab = tok.get_vocab_size()
+    return tokenizer, processor, {name: tokenizer.convert_tokens_to_ids(token) for name, token in named.items()}
+
+
+def build_qwen2_5_omni(folder: Path) -> Path:
+    """A Qwen2.5-Omni checkpoint as released (``model_type`` qwen2_5_omni, weights under ``thinker.``) with audio
+    output disabled, so only the thinker has weights; ``Qwen2_5OmniProcessor``."""
+    tokenizer, processor, ids = _omni_processor(tf.Qwen2_5OmniProcessor)
+    vocab = len(tokenizer)
     thinker = dict(
         audio_config=dict(**TINY_AUDIO_ENCODER, output_dim=16),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
@@ -183,22 +187,12 @@ def build_qwen3_omni(folder: Path) -> Path:
     """A Qwen3-Omni-30B-A3B-Instruct checkpoint as released (``model_type`` qwen3_omni_moe, weights under
     ``thinker.``) with audio output disabled, so only the thinker (a mixture-of-experts text model with an audio
     and a vision tower) has weights; ``Qwen3OmniMoeProcessor``."""
-    tok = byte_bpe(OMNI_SPECIAL)
-    named = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
-             "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
-             "vision_eos_token": "<|vision_eos|>"}
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                           extra_special_tokens=named)
-    processor = tf.Qwen3OmniMoeProcessor(
-        image_processor=tf.Qwen2VLImageProcessor(), video_processor=tf.Qwen2VLVideoProcessor(),
-        feature_extractor=tf.WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer,
-        chat_template=QWEN_OMNI_TEMPLATE)
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in named.items()}
+    tokenizer, processor, ids = _omni_processor(tf.Qwen3OmniMoeProcessor)
     thinker = dict(
         audio_config=dict(**TINY_AUDIO_ENCODER, output_dim=16, downsample_hidden_size=8),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
                            deepstack_visual_indexes=[0]),
-        text_config=dict(vocab_size=tok.get_vocab_size(), **TINY_TEXT, moe_intermediate_size=16, num_experts=2,
+        text_config=dict(vocab_size=len(tokenizer), **TINY_TEXT, moe_intermediate_size=16, num_experts=2,
                          num_experts_per_tok=1, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
