@@ -1,0 +1,2 @@
+"""Measuring label quality: the evaluation set's ground truth, the measures, synthetic label families, the harness
+behind ``make eval``."""
