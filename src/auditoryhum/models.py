@@ -94,8 +94,8 @@ class Models:
                               resample_via_16k=s.clap_resample_via_16k)
         from auditoryhum.backends.tagbridge import TagBridgeScorer
 
-        # With the labeler, clips scored without their tags (a Score call on bare audio) are tagged first.
-        return TagBridgeScorer(self.embedder, self.tagger.model_id, self.tagger.class_names, labeler=self.labeler)
+        # Clips scored without the tagger's evidence (an MLLM's proposal, a Score call on bare audio) are tagged first.
+        return TagBridgeScorer(self.embedder, self.tagger.model_id, self.tagger.class_names, tagger=self.tagger)
 
     @property
     def scorer_rate(self) -> int:

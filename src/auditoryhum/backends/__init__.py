@@ -27,10 +27,12 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Description:
-    """A labeler's answer for one clip: its raw text and, when it has them, the tagger classes behind it."""
+    """A labeler's answer for one clip: its raw text and, when it has them, the tagger classes behind it (the
+    strongest as named tags; every class's probability, in the tagger's order)."""
 
     raw_text: str
     tags: list[tuple[str, float]] = field(default_factory=list)
+    probabilities: Sequence[float] = ()
 
 
 class Labeler(Protocol):
@@ -43,10 +45,12 @@ class Labeler(Protocol):
 
 @dataclass(frozen=True)
 class ScoreItem:
-    """Labels to score against one clip. ``audio`` loads the waveform, for scorers that need it."""
+    """Labels to score against one clip. ``audio`` loads the waveform, for scorers that need it; ``tags`` and
+    ``class_probabilities`` are the tagger's evidence, when the proposal carries it."""
 
     labels: Sequence[str]
     tags: Sequence[tuple[str, float]] = ()
+    class_probabilities: Sequence[float] = ()
     audio: Callable[[], Audio] | None = None
 
 

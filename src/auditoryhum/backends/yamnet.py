@@ -144,7 +144,8 @@ class TaggerLabeler:
     """The offline labeler: the tagger's strongest classes as the paper's comma-separated label text.
 
     ``top_k`` classes at or above ``min_score`` (always at least the strongest one) become labels;
-    the ``evidence`` strongest classes travel with the proposal as tags for the aligner and the reviewer.
+    the ``evidence`` strongest classes travel with the proposal as tags for the reviewer, and every class's
+    probability for the aligner's tag-bridge scorer.
     """
 
     prompt_id = "tagger-top-classes"
@@ -165,4 +166,4 @@ class TaggerLabeler:
         chosen = [i for i in order[: self.top_k] if probs[i] >= self.min_score] or [order[0]]
         raw = ", ".join(self._names[i] for i in chosen)
         tags = [(self.tagger.class_names[i], float(probs[i])) for i in order[: self.evidence]]
-        return Description(raw, tags)
+        return Description(raw, tags, probs.astype(np.float32))

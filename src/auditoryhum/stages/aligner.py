@@ -31,6 +31,7 @@ class AlignerStage(Stage):
                                  for p in proposals]
         todo = [i for i, p in enumerate(proposals) if p.labels]
         items = [ScoreItem(list(proposals[i].labels), [(t.name, t.score) for t in proposals[i].tags],
+                           list(proposals[i].class_probabilities),
                            partial(self.load_audio, proposals[i].clip, self.sample_rate)) for i in todo]
         try:
             results = self.scorer.score_batch(items)

@@ -56,6 +56,7 @@ class LabelerStage(Stage):
             proposal = pb.LabelProposal(clip=clip, model_id=self.labeler.model_id, prompt_id=self.labeler.prompt_id,
                                         raw_text=description.raw_text, labels=labels, hint=hint)
             proposal.tags.extend(pb.Tag(name=n, score=s) for n, s in description.tags)
+            proposal.class_probabilities.extend(description.probabilities)
             outs[i].append(Out(topics.LABELS, clip.clip_id, proposal))
         return outs
 
