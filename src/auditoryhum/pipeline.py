@@ -114,6 +114,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         "skipped_files": found.skipped,
         "seconds": round(elapsed, 3),
         "clips_per_s": round(len(found.entries) / elapsed, 2) if elapsed > 0 else None,
+        "settings": settings.model_dump(mode="json"),  # what `evaluate --truth` rebuilds the run's scorer from
         **extra,
     })
     return RunResult(summary, out)
