@@ -31,19 +31,24 @@ SCENES = {"traffic": ("road traffic", [LINCITY / "TraficHigh1.wav", LINCITY / "T
           "crowd": ("crowd cheering", [LINCITY / "SportsCroud1.wav", LINCITY / "SportsCroud2.wav"])}
 
 
+def make_set(folder: Path, scenes: dict) -> Path:
+    """Links to real clips in one folder per category, and its truth.csv."""
+    rows = [("path", "category", "description")]
+    for category, (description, files) in scenes.items():
+        (folder / category).mkdir(parents=True)
+        for f in files:
+            (folder / category / f.name).symlink_to(f)
+            rows.append((f"{category}/{f.name}", category, description))
+    with (folder / "truth.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def scene_run(tmp_path_factory, models):
-    """Real clips in one folder per category, its truth.csv, and a run of the lite pipeline on them."""
+    """The set of SCENES and a run of the lite pipeline on it."""
     root = tmp_path_factory.mktemp("truth")
-    rows = [("path", "category", "description")]
-    for category, (description, files) in SCENES.items():
-        (root / "set" / category).mkdir(parents=True)
-        for f in files:
-            (root / "set" / category / f.name).symlink_to(f)
-            rows.append((f"{category}/{f.name}", category, description))
-    with (root / "set" / "truth.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    run(root / "set", root / "run", Settings(class_from_folder=True, k_max=4), models=models)
+    run(make_set(root / "set", SCENES), root / "run", Settings(class_from_folder=True, k_max=4), models=models)
     return root
 
 
@@ -126,3 +131,37 @@ def test_the_evaluation_set_is_real_categorised_clips_built_the_same_every_time(
         assert not r["source"].startswith(("0ad", "tuxpaint", "openttd"))  # kept for an independent check
         pcm.add(sf.read(str(path), dtype="int16")[0].tobytes())
     assert len(pcm) == len(rows)  # no recording in two places
+
+
+def test_the_harness_prints_one_row_per_profile_and_writes_it_as_json_and_csv(tmp_path):
+    """`python -m auditoryhum.quality.harness` (make eval) on two categories of two clips, lite only: its row is
+    what `evaluate --truth` says of the run it made."""
+    import typer
+
+    from auditoryhum.evaluate import evaluate
+    from auditoryhum.quality.harness import main
+
+    scenes = {c: (d, files[:2]) for c, (d, files) in SCENES.items() if c != "crowd"}
+    eval_set = make_set(tmp_path / "set", scenes)
+    harness = typer.Typer()
+    harness.command()(main)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(harness, [str(eval_set), "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "swapped AUC" in result.output and "k vs true count" in result.output
+    report = json.loads((out / "eval.json").read_text())
+    (row,) = report["real_set"]
+    assert row["profile"] == "lite" and row["clips"] == 4 and row["categories"] == row["k_true"] == 2
+    assert f"{row['k']} / 2" in result.output
+    assert set(row["auc_by_category"]) == set(scenes)
+    measured = evaluate([out / "lite"], tmp_path / "again", load_truth(eval_set / "truth.csv"))[0]
+    assert (row["swapped_auc"], row["nmi"], row["ari"]) == pytest.approx(
+        (measured["swapped_auc"], measured["truth_nmi"], measured["truth_ari"]))
+    with (out / "eval.csv").open() as f:
+        (written,) = list(csv.DictReader(f))
+    assert written["profile"] == "lite" and float(written["swapped_auc"]) == pytest.approx(row["swapped_auc"])
+
+    bad = CliRunner().invoke(harness, [str(eval_set), "--out", str(tmp_path / "never"),
+                                       "--paper-models", str(tmp_path)], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "no labeler, scorer, embedder folder" in bad.output
+    assert not (tmp_path / "never").exists()  # refused before anything ran
