@@ -155,8 +155,7 @@ CATEGORIES: dict[str, tuple[str, list[Source]]] = {
     ]),
     "gunfire": ("gunfire", [
         *files("scorched3d-data", APOC + "shoot/machinegun.wav", APOC + "shoot/tripleshot.wav"),
-        *files("freeciv-data", "stdsounds/MgBar1.ogg", "stdsounds/MgHeavy.ogg", "stdsounds/LrgCan.ogg",
-               "stdsounds/MedCan.ogg"),
+        *files("freeciv-data", "stdsounds/MgHeavy.ogg", "stdsounds/LrgCan.ogg", "stdsounds/MedCan.ogg"),
         *files("etw-data", "snd/cannon.wav"),
     ]),
     "farm": ("farm animals", [
