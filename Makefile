@@ -3,16 +3,22 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := lincity-ng-data simutrans-pak64 espeak-ng sox libsndfile1 kcat etcd-server openssl chromium postgresql
+# The evaluation set's recordings (scripts/make_eval_set.py), ~150 MB of downloads.
+EVAL_PACKAGES := 7kaa-data etw-data freeciv-data lugaru-data minetest-data scorched3d-data sound-theme-freedesktop \
+	oxygen-sounds asterisk-core-sounds-en-wav
+APT_PACKAGES := lincity-ng-data simutrans-pak64 espeak-ng sox libsndfile1 kcat etcd-server openssl chromium postgresql \
+	$(EVAL_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTOS := $(wildcard protos/auditoryhum/v1/*.proto)
 GENERATED := src/auditoryhum/v1/pipeline_pb2.py
 DEMO := data/demo
+EVAL := data/eval
+TINY_MODELS := out/eval/tiny-models
 BENCH_CLIPS ?= 1200
 KAFKA_LIB := deploy/kafka/lib/.installed
 HELM := .tools/helm
 
-.PHONY: setup apt venv proto run test kube-apiserver lint-proto lint-deploy bench bench-cluster bench-pipeline bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test kube-apiserver lint-proto lint-deploy bench bench-cluster bench-pipeline bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver $(HELM)  ## install everything a fresh machine needs
 
@@ -102,6 +108,17 @@ $(DEMO)/.built: scripts/make_demo_set.py
 
 run: $(GENERATED) $(DEMO)/.built  ## the embedded pipeline on the demo set of real recordings
 	$(VENV)/bin/auditoryhum run $(DEMO) --out out/demo
+
+$(EVAL)/.built: scripts/make_eval_set.py
+	$(PY) scripts/make_eval_set.py $(EVAL)
+	touch $@
+
+$(TINY_MODELS)/.built: scripts/build_tiny_models.py tests/tiny_models.py
+	$(PY) scripts/build_tiny_models.py $(TINY_MODELS)
+	touch $@
+
+eval: $(GENERATED) $(EVAL)/.built $(TINY_MODELS)/.built  ## label quality on the evaluation set: lite, and paper on tiny models
+	$(PY) -m auditoryhum.quality.harness $(EVAL) --out out/eval --paper-models $(TINY_MODELS)
 
 test: $(GENERATED)  ## the whole test suite
 	$(PY) -m pytest -q

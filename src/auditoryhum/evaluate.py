@@ -13,6 +13,15 @@ measured. One row per run:
 | ``s_2``, ``s_unique`` | taxonomy.json's curve at k = 2 and at k = U (only the reference protocol sweeps up to U) |
 | ``nmi``, ``ari``, ``purity`` | summary.json: clusters against the clips' ground truth |
 
+With an evaluation set's ground truth (``truth``, :mod:`auditoryhum.quality.truth`), six more columns:
+
+| column | from |
+|---|---|
+| ``categories``, ``truth_clips`` | the truth's category count; the run's clips it lists |
+| ``swapped_auc`` | every clip's audio scored against every category's description by the run's own scorer (rebuilt from summary.json's ``settings``): how often the true description beats another |
+| ``truth_nmi``, ``truth_ari`` | assignments.csv's clusters against the truth's categories |
+| ``k_ratio`` | k* / the category count |
+
 Written as ``evaluation.csv``, ``evaluation.json`` and ``evaluation.html`` with two plots (every run's selection
 curve; μc, μ1 % and the review's before/after). Dataset names and model ids are untrusted text: the page escapes
 them.
@@ -26,11 +35,20 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from auditoryhum.quality.measures import clustering_agreement, k_ratio, swapped_label_auc  # noqa: E402
+from auditoryhum.quality.truth import Truth  # noqa: E402
+
+if TYPE_CHECKING:
+    from auditoryhum.config import Settings
+    from auditoryhum.models import Models
 
 COLUMNS = ("run", "dataset", "labeler", "protocol", "clips", "unique_labels", "mu_c", "mu_1pct", "hitl_before",
            "hitl_after", "hitl_uplift", "k", "s_k", "s_2", "s_unique", "nmi", "ari", "purity")
@@ -38,6 +56,9 @@ HEADINGS = {"run": "run", "dataset": "dataset", "labeler": "labeler", "protocol"
             "unique_labels": "unique labels", "mu_c": "μc", "mu_1pct": "μ1%", "hitl_before": "HITL before",
             "hitl_after": "HITL after", "hitl_uplift": "HITL uplift", "k": "k*", "s_k": "S(k*)", "s_2": "S(2)",
             "s_unique": "S(unique)", "nmi": "NMI", "ari": "ARI", "purity": "purity"}
+TRUTH_COLUMNS = ("categories", "truth_clips", "swapped_auc", "truth_nmi", "truth_ari", "k_ratio")
+HEADINGS |= {"categories": "categories", "truth_clips": "clips in truth", "swapped_auc": "swapped AUC",
+             "truth_nmi": "NMI (truth)", "truth_ari": "ARI (truth)", "k_ratio": "k* / categories"}
 CURVES_PNG, SCORES_PNG = "evaluation_curves.png", "evaluation_scores.png"
 
 
@@ -80,24 +101,102 @@ def run_row(folder: Path) -> dict:
     }
 
 
-def evaluate(runs: list[Path], out: Path) -> list[dict]:
-    """Read every run first (a bad folder stops before anything is written), then write the table."""
+def run_settings(folder: Path) -> "Settings":
+    """The settings a run was made with (summary.json's ``settings``); this environment's for a run that has none
+    (made before they were recorded, or by the distributed mode)."""
+    from pydantic import ValidationError
+
+    from auditoryhum.config import Settings
+
+    recorded = _json(folder / "summary.json").get("settings")
+    try:
+        return Settings(**recorded) if isinstance(recorded, dict) else Settings()
+    except ValidationError as exc:
+        raise RunFolderError(f"{folder / 'summary.json'}: its settings are not valid now: {exc}") from None
+
+
+def score_descriptions(models: "Models", paths: list[Path], descriptions: list[str]) -> np.ndarray:
+    """clips × descriptions: every clip's audio scored against every description, by ``models.scorer``."""
+    from functools import partial
+
+    from auditoryhum.audio import AudioError
+    from auditoryhum.backends import ScoreItem
+    from auditoryhum.pipeline import audio_loader
+    from auditoryhum.v1 import pipeline_pb2 as pb
+
+    load = audio_loader(models.settings)
+
+    def audio(path: Path):
+        try:
+            return load(pb.Clip(uri=str(path)), models.scorer_rate)
+        except AudioError as exc:  # the run scored this clip: its audio changed or went away since
+            raise RunFolderError(f"{path}: its audio cannot be scored again: {exc}") from None
+
+    items = [ScoreItem(descriptions, audio=partial(audio, p)) for p in paths]
+    step = models.settings.batch_size
+    return np.vstack([r.scores for i in range(0, len(items), step)
+                      for r in models.scorer.score_batch(items[i:i + step])])
+
+
+def truth_row(folder: Path, truth: Truth, models: "Models", k: int | None) -> dict:
+    """The truth columns of one run: its clips the truth lists, scored again and matched to their clusters."""
+    category_of = truth.category_of()
+    with (folder / "assignments.csv").open(newline="", encoding="utf-8") as f:
+        matched = [(Path(r["path"]).resolve(), r["cluster_id"]) for r in csv.DictReader(f)]
+    matched = [(p, cluster) for p, cluster in matched if p in category_of]
+    if len(matched) < 2:
+        raise RunFolderError(f"{folder}: {len(matched)} of its clips are listed in the truth of {truth.root}")
+    paths = [p for p, _ in matched]
+    categories = [category_of[p] for p in paths]
+    names = truth.names
+    scores = score_descriptions(models, paths, [truth.descriptions[c] for c in names])
+    true_index = np.array([names.index(c) for c in categories])
+    # Which categories the scorer gets wrong: the same AUC over each category's clips alone (not a table column).
+    by_category = {c: swapped_label_auc(scores[true_index == j], true_index[true_index == j])
+                   for j, c in enumerate(names) if (true_index == j).any()}
+    return {"categories": len(names), "truth_clips": len(paths),
+            "swapped_auc": swapped_label_auc(scores, true_index),
+            **{f"truth_{m}": v for m, v in clustering_agreement([c for _, c in matched], categories).items()},
+            "k_ratio": k_ratio(k, len(names)) if k else None, "_auc_by_category": by_category}
+
+
+def evaluate(runs: list[Path], out: Path, truth: Truth | None = None,
+             models_for: Callable[["Settings"], "Models"] | None = None) -> list[dict]:
+    """Read every run first (a bad folder stops before anything is written), then write the table.
+
+    With ``truth``: the truth columns too, each run scored by ``models_for(its settings)`` (default: load them;
+    runs made with the same settings share one set of models)."""
     rows = [run_row(Path(folder)) for folder in runs]
+    columns = COLUMNS + (TRUTH_COLUMNS if truth else ())
+    if truth:
+        from auditoryhum.models import Models
+
+        loaded: dict[str, Models] = {}
+
+        def load(settings: "Settings") -> "Models":
+            key = settings.model_dump_json()
+            if key not in loaded:
+                loaded[key] = Models(settings)
+            return loaded[key]
+
+        for row, folder in zip(rows, runs):
+            settings = run_settings(Path(folder))
+            row |= truth_row(Path(folder), truth, (models_for or load)(settings), row["k"])
     names = Counter(r["run"] for r in rows)
     for r, folder in zip(rows, runs):  # two runs named alike (a/out, b/out): tell them apart by their parent
         if names[r["run"]] > 1:
             r["run"] = f"{Path(folder).parent.name}/{Path(folder).name}"
     out.mkdir(parents=True, exist_ok=True)
-    table = [{c: r[c] for c in COLUMNS} for r in rows]
+    table = [{c: r[c] for c in columns} for r in rows]
     with (out / "evaluation.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, COLUMNS)
+        writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows({c: "" if v is None else v for c, v in row.items()} for row in table)
-    (out / "evaluation.json").write_text(json.dumps({"columns": list(COLUMNS), "runs": table}, indent=2) + "\n",
+    (out / "evaluation.json").write_text(json.dumps({"columns": list(columns), "runs": table}, indent=2) + "\n",
                                          encoding="utf-8")
     _plot_curves(rows, out / CURVES_PNG)
     _plot_scores(rows, out / SCORES_PNG)
-    (out / "evaluation.html").write_text(_page(table), encoding="utf-8")
+    (out / "evaluation.html").write_text(_page(table, columns), encoding="utf-8")
     return table
 
 
@@ -109,9 +208,9 @@ def _cell(value) -> str:
     return html.escape(str(value))
 
 
-def _page(table: list[dict]) -> str:
-    head = "".join(f"<th>{html.escape(HEADINGS[c])}</th>" for c in COLUMNS)
-    body = "\n".join("<tr>" + "".join(f"<td>{_cell(row[c])}</td>" for c in COLUMNS) + "</tr>" for row in table)
+def _page(table: list[dict], columns: tuple[str, ...]) -> str:
+    head = "".join(f"<th>{html.escape(HEADINGS[c])}</th>" for c in columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{_cell(row[c])}</td>" for c in columns) + "</tr>" for row in table)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>AuditoryHuM evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
@@ -119,7 +218,9 @@ padding:.3em .6em;text-align:right}}td:nth-child(-n+4){{text-align:left}}</style
 <body><h1>AuditoryHuM evaluation</h1>
 <p>One row per run. μc: mean clip score; μ1%: mean of the lowest 1 %; HITL: mean score of the reviewed pairs
 before and after the human decisions; k*: the chosen number of clusters; S: silhouette; NMI, ARI, purity: clusters
-against the ground-truth classes.</p>
+against the ground-truth classes. With an evaluation set's truth: swapped AUC, how often a clip's true category
+description outscores another category's on its audio; NMI and ARI against the truth's categories; k* / categories.
+</p>
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}
 </tbody></table>

@@ -114,6 +114,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         "skipped_files": found.skipped,
         "seconds": round(elapsed, 3),
         "clips_per_s": round(len(found.entries) / elapsed, 2) if elapsed > 0 else None,
+        # What `evaluate --truth` rebuilds the run's scorer from; a service's settings (URLs, tokens) stay out.
+        "settings": settings.model_dump(mode="json", include=set(Settings.model_fields)),
         **extra,
     })
     return RunResult(summary, out)
