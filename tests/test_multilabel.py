@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import math
 import shutil
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 
 from auditoryhum import pipeline
 from auditoryhum.audio import load
+from auditoryhum.backends.soundnet import SoundNetLabeler, SoundNetTagger, label_text
 from auditoryhum.config import Settings
 from auditoryhum.labelers import LabelerSpec, parse_labelers
 from auditoryhum.labels import parse_labels
@@ -226,3 +226,37 @@ def test_descriptions_come_from_a_truth_table(tmp_path):
     truth.write_text("path,category\ntraffic/a.wav,traffic\n")
     with pytest.raises(ValueError, match="'category' and 'description'"):
         read_descriptions(truth)
+
+
+@pytest.fixture(scope="module")
+def soundnet():
+    return SoundNetLabeler(SoundNetTagger())
+
+
+def test_soundnet_names_the_scene_a_clip_was_recorded_in(soundnet):
+    """SoundNet's Places head, on real recordings: road traffic sounds like roads and car parks, a sports crowd like
+    a stadium."""
+    assert len(soundnet.tagger.class_names) == 401 and soundnet.sample_rate == 22_050
+    clips = [load(p, soundnet.sample_rate) for p in (LINCITY / "TraficHigh2.wav", LINCITY / "SportsCroud1.wav")]
+    probs = soundnet.tagger.tag(clips)
+    assert probs.shape == (2, 401) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    traffic, crowd = soundnet.describe(clips)
+    assert set(parse_labels(traffic.raw_text)) & {"parking lot", "highway", "raceway"}
+    assert "stadium" in parse_labels(crowd.raw_text)
+    scores = [s for _, s in crowd.tags]
+    assert len(scores) == 10 and scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(probs[1].max())
+    assert crowd.raw_text == ", ".join(dict.fromkeys(label_text(n) for n, _ in crowd.tags[:3]))
+
+
+def test_a_corrected_clip_keeps_the_labelers_disagreement_like_its_score():
+    stage = ReviewStage(ReviewPolicy(fraction=0.5, auto_accept=False, rank="disagreement"))
+    stage.handle(pb.DatasetAnnouncement(dataset="d", expected_clips=2))
+    stage.handle(alignment("a", 0.1, 0.1))
+    [task] = [o.message for o in stage.handle(alignment("b", 0.6, 0.7)) if isinstance(o.message, pb.ReviewTask)]
+    assert task.alignment.clip.clip_id == "b"
+    [rescore] = stage.handle(pb.ReviewDecision(task_id=task.task_id, action=pb.REVIEW_ACTION_CORRECT,
+                                               label="church bells"))
+    human = pb.Alignment(clip=rescore.message.clip, model_id="human", best_label="church bells", best_score=0.8)
+    [final] = [o.message for o in stage.handle(human) if isinstance(o.message, pb.FinalLabel)]
+    assert (final.label, final.score, final.final_score) == ("church bells", pytest.approx(0.6), pytest.approx(0.8))
+    assert final.disagreement == pytest.approx(0.7) and final.model_id == "human"

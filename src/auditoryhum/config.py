@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     labeler_model: str | None = Field(None, description="MLLM labeler folder or hub id (Qwen2-Audio, "
                                                         "Qwen2.5-Omni, Qwen3-Omni, Gemma 3n); unset: the YAMNet "
                                                         "labeler")
-    labelers: str | None = Field(None, description="several labelers per clip, comma-separated [name=]model: yamnet "
-                                                   "or an MLLM folder / hub id (see auditoryhum.labelers); unset: "
+    labelers: str | None = Field(None, description="several labelers per clip, comma-separated [name=]model: yamnet, "
+                                                   "soundnet or an MLLM folder / hub id (auditoryhum.labelers); unset: "
                                                    "the profile's one labeler")
     labeler_4bit: str = Field("off", pattern="^(auto|on|off)$",
                               description="load the MLLM in 4-bit NF4 (bitsandbytes): auto = on CUDA only")

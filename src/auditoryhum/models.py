@@ -11,7 +11,7 @@ from functools import cached_property
 
 from auditoryhum.backends import Labeler, Scorer, TextEmbedder
 from auditoryhum.config import Settings
-from auditoryhum.labelers import YAMNET, LabelerSpec, labeler_specs
+from auditoryhum.labelers import SOUNDNET, YAMNET, LabelerSpec, labeler_specs
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.naming import TextGenerator
 
@@ -80,10 +80,14 @@ class Models:
 
     def _load_labeler(self, spec: LabelerSpec) -> Labeler:
         s = self.settings
-        if spec.is_tagger:
+        if spec.model == YAMNET:
             from auditoryhum.backends.yamnet import TaggerLabeler
 
             labeler = TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)
+        elif spec.model == SOUNDNET:  # in this process on either backend: it has no Triton model
+            from auditoryhum.backends.soundnet import SoundNetLabeler, SoundNetTagger
+
+            labeler = SoundNetLabeler(SoundNetTagger(), top_k=s.top_k, evidence=s.evidence)
         elif self.on_triton:
             if spec.model != s.labeler_model:  # Triton's model repository serves one MLLM: labeler_model's
                 raise ValueError(f"labeler {spec.model!r}: on Triton the only MLLM labeler is labeler_model "

@@ -27,7 +27,7 @@ def run(
     review_rank: Optional[str] = typer.Option(None, help="score (lowest first, default), disagreement (between the "
                                                          "labelers, highest first) or combined (mean of both ranks)."),
     labelers: Optional[str] = typer.Option(None, help="Several labelers per clip, comma-separated [name=]model: "
-                                                      "yamnet or an MLLM folder / hub id; each clip keeps the "
+                                                      "yamnet, soundnet or an MLLM folder / hub id; each clip keeps the "
                                                       "best-aligned label."),
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
