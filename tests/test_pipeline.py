@@ -45,7 +45,8 @@ def test_every_output_file_follows_the_contract(run):
     columns = {
         "labels.csv": ["clip_id", "path", "model", "raw", "labels"],
         "alignments.csv": ["clip_id", "label", "score", "is_best"],
-        "review_queue.csv": ["clip_id", "path", "label", "score"],
+        "labelers.csv": ["clip_id", "model", "label", "score", "kept"],
+        "review_queue.csv": ["clip_id", "path", "label", "score", "disagreement"],
         "assignments.csv": ["clip_id", "path", "label", "cluster_id", "composite_label"],
         "dead_letters.csv": ["path", "stage", "reason"],
     }
@@ -68,6 +69,7 @@ def test_every_output_file_follows_the_contract(run):
     assert summary["mu_1pct"] == pytest.approx(scores[0], abs=1e-5)  # 1 % of 12 clips is one clip
     queue = read(out / "review_queue.csv")
     assert len(queue) == 2 and sorted(float(q["score"]) for q in queue) == pytest.approx(scores[:2], abs=1e-5)
+    assert not read(out / "labelers.csv") and {q["disagreement"] for q in queue} == {"0.000000"}  # one labeler
     taxonomy = json.loads((out / "taxonomy.json").read_text())
     assert taxonomy["k"] == summary["k"] == len(taxonomy["clusters"]) and taxonomy["lambda"] == 2.0
     assert sum(c["size"] for c in taxonomy["clusters"]) == good

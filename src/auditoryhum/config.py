@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from auditoryhum.labelers import parse_labelers
 
 # Named sets of models. A setting given explicitly (flag or environment) wins over its profile's value.
 PROFILES: dict[str, dict[str, str | bool | None]] = {
@@ -32,6 +34,9 @@ class Settings(BaseSettings):
     labeler_model: str | None = Field(None, description="MLLM labeler folder or hub id (Qwen2-Audio, "
                                                         "Qwen2.5-Omni, Qwen3-Omni, Gemma 3n); unset: the YAMNet "
                                                         "labeler")
+    labelers: str | None = Field(None, description="several labelers per clip, comma-separated [name=]model: yamnet, "
+                                                   "soundnet or an MLLM folder / hub id (auditoryhum.labelers); unset: "
+                                                   "the profile's one labeler")
     labeler_4bit: str = Field("off", pattern="^(auto|on|off)$",
                               description="load the MLLM in 4-bit NF4 (bitsandbytes): auto = on CUDA only")
     scorer_model: str | None = Field(None, description="CLAP checkpoint folder or hub id, or an original laion_clap "
@@ -59,6 +64,9 @@ class Settings(BaseSettings):
     # review
     review_fraction: float = Field(0.01, gt=0, le=1, description="lowest fraction of clip scores reviewed")
     review_threshold: float | None = Field(None, description="absolute score below which clips are reviewed")
+    review_rank: str = Field("score", pattern="^(score|disagreement|combined)$",
+                             description="what the review_fraction is the top of: lowest score, highest labelers' "
+                                         "disagreement, or the mean of both ranks (see auditoryhum.review.rank)")
     review_lease_s: float = Field(300.0, gt=0, description="how long a reviewer holds a task before it is free again")
     # text embeddings (labels and tag names)
     embedder_path: str | None = Field(None, description="local sentence-transformers folder, e.g. all-mpnet-base-v2; "
@@ -82,9 +90,23 @@ class Settings(BaseSettings):
                         description="how the audio folder is read: plain files, or one of the paper's datasets as "
                                     "published (ground truth and split from its metadata)")
 
+    @field_validator("labelers")
+    @classmethod
+    def _check_labelers(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_labelers(value)
+        return value
+
     @model_validator(mode="after")
     def _apply_profile(self) -> "Settings":
         for name, value in PROFILES[self.profile].items():
             if name not in self.model_fields_set:
                 object.__setattr__(self, name, value)
+        return self
+
+    @model_validator(mode="after")
+    def _check_review_rank(self) -> "Settings":
+        if self.review_rank != "score" and self.review_threshold is not None:
+            raise ValueError(f"review_rank {self.review_rank} ranks a whole dataset: use it with review_fraction, "
+                             "not review_threshold (a score threshold)")
         return self

@@ -11,6 +11,7 @@ from functools import cached_property
 
 from auditoryhum.backends import Labeler, Scorer, TextEmbedder
 from auditoryhum.config import Settings
+from auditoryhum.labelers import SOUNDNET, YAMNET, LabelerSpec, labeler_specs
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.naming import TextGenerator
 
@@ -21,6 +22,7 @@ FOUR_BIT = {"on": True, "off": False, "auto": None}  # None: 4-bit where CUDA is
 class Models:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._labelers: dict[tuple[str, str | None], Labeler] = {}
 
     def _triton_backend(self, cls, model: str, **kwargs):
         # A service may start before Triton has loaded its models (they start side by side): wait, then connect.
@@ -62,18 +64,44 @@ class Models:
 
     @cached_property
     def labeler(self) -> Labeler:
-        s = self.settings
-        if s.labeler_model:
-            if self.on_triton:
-                from auditoryhum.backends.triton import TritonLabeler
+        """The profile's one labeler (its MLLM, or YAMNet): single-clip commands and the tag bridge use it."""
+        return self._labeler(LabelerSpec(self.settings.labeler_model or YAMNET))
 
-                return self._triton_backend(TritonLabeler, "mllm_labeler")
+    @cached_property
+    def labelers(self) -> list[Labeler]:
+        """The run's labelers (setting ``labelers``); by default the profile's one."""
+        return [self._labeler(spec) for spec in labeler_specs(self.settings.labelers, self.settings.labeler_model)]
+
+    def _labeler(self, spec: LabelerSpec) -> Labeler:
+        key = (spec.model, spec.name)
+        if key not in self._labelers:  # each model loads once, however many commands ask for it
+            self._labelers[key] = self._load_labeler(spec)
+        return self._labelers[key]
+
+    def _load_labeler(self, spec: LabelerSpec) -> Labeler:
+        s = self.settings
+        if spec.model == YAMNET:
+            from auditoryhum.backends.yamnet import TaggerLabeler
+
+            labeler = TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)
+        elif spec.model == SOUNDNET:  # in this process on either backend: it has no Triton model
+            from auditoryhum.backends.soundnet import SoundNetLabeler, SoundNetTagger
+
+            labeler = SoundNetLabeler(SoundNetTagger(), top_k=s.top_k, evidence=s.evidence)
+        elif self.on_triton:
+            if spec.model != s.labeler_model:  # Triton's model repository serves one MLLM: labeler_model's
+                raise ValueError(f"labeler {spec.model!r}: on Triton the only MLLM labeler is labeler_model "
+                                 f"({s.labeler_model or 'unset'})")
+            from auditoryhum.backends.triton import TritonLabeler
+
+            labeler = self._triton_backend(TritonLabeler, "mllm_labeler")
+        else:
             from auditoryhum.backends.mllm import MllmLabeler
 
-            return MllmLabeler(s.labeler_model, load_in_4bit=FOUR_BIT[s.labeler_4bit])
-        from auditoryhum.backends.yamnet import TaggerLabeler
-
-        return TaggerLabeler(self.tagger, top_k=s.top_k, min_score=s.min_score, evidence=s.evidence)
+            labeler = MllmLabeler(spec.model, load_in_4bit=FOUR_BIT[s.labeler_4bit])
+        if spec.name:
+            labeler.model_id = spec.name
+        return labeler
 
     @cached_property
     def scorer(self) -> Scorer:

@@ -1,7 +1,10 @@
 """The embedded run's output folder: a sink that writes each record as it arrives, then the summary.
 
-Files (a contract other tools rely on): labels.csv, alignments.csv, review_queue.csv, final_labels.csv,
-dead_letters.csv, assignments.csv, taxonomy.json, summary.json, report.html and its PNG plots.
+Files (a contract other tools rely on): labels.csv, alignments.csv, labelers.csv, review_queue.csv,
+final_labels.csv, dead_letters.csv, assignments.csv, taxonomy.json, summary.json, report.html and its PNG plots.
+With several labelers, labels.csv has one row per clip for them all (see LabelProposal) and labelers.csv one row
+per labeler and clip: its best label, that label's score and whether the clip kept it; with one, labelers.csv has
+its header only and every disagreement is 0.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from auditoryhum.v1 import pipeline_pb2 as pb
 COLUMNS = {
     "labels.csv": ("clip_id", "path", "model", "raw", "labels"),
     "alignments.csv": ("clip_id", "label", "score", "is_best"),
-    "review_queue.csv": ("clip_id", "path", "label", "score"),
+    "labelers.csv": ("clip_id", "model", "label", "score", "kept"),
+    "review_queue.csv": ("clip_id", "path", "label", "score", "disagreement"),
     "final_labels.csv": ("clip_id", "path", "label", "source", "score", "final_score", "review_action",
-                         "ground_truth"),
+                         "ground_truth", "model", "disagreement"),
     "dead_letters.csv": ("path", "stage", "reason"),
 }
 SOURCES = {pb.LABEL_SOURCE_MODEL: "model", pb.LABEL_SOURCE_HUMAN: "human"}
@@ -143,18 +147,23 @@ class OutputWriter(Stage):
             for s in message.scores:
                 self._csv["alignments.csv"].writerow((message.clip.clip_id, s.label, f"{s.score:.6f}",
                                                       int(s.label == message.best_label)))
+            for b in message.labelers:
+                self._csv["labelers.csv"].writerow((message.clip.clip_id, b.model_id, b.label, f"{b.score:.6f}",
+                                                    int(b.label == message.best_label)))
             if message.model_id != HUMAN_MODEL_ID and HINT_KEY not in message.clip.metadata:  # not a review round
                 self.scores.append(message.best_score)
                 self._on_clip_done()
         elif isinstance(message, pb.ReviewTask):
             a = message.alignment
-            self._csv["review_queue.csv"].writerow((a.clip.clip_id, a.clip.uri, a.best_label, f"{a.best_score:.6f}"))
+            self._csv["review_queue.csv"].writerow((a.clip.clip_id, a.clip.uri, a.best_label, f"{a.best_score:.6f}",
+                                                    f"{a.disagreement:.6f}"))
             self.reviewed_scores.append(a.best_score)
         elif isinstance(message, pb.FinalLabel):
             self._csv["final_labels.csv"].writerow((message.clip.clip_id, message.clip.uri, message.label,
                                                     SOURCES.get(message.source, "unknown"), f"{message.score:.6f}",
                                                     f"{message.final_score:.6f}", ACTIONS[message.review_action],
-                                                    message.clip.ground_truth))
+                                                    message.clip.ground_truth, message.model_id,
+                                                    f"{message.disagreement:.6f}"))
             if message.review_action:
                 self.decided.append((message.score, message.final_score))
         elif isinstance(message, pb.DatasetSealed):

@@ -18,6 +18,7 @@ from auditoryhum import audio, datasets, topics
 from auditoryhum.auth import check_bind
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
+from auditoryhum.labelers import labeler_specs
 from auditoryhum.models import Models
 from auditoryhum.outputs import OutputWriter
 from auditoryhum.review.annotations import Annotation, read_annotations
@@ -50,6 +51,10 @@ class ReviewUi:
     on_ready: Callable[[str, int], None] = lambda url, pending: None
 
 
+class NeedsLabelers(ValueError):
+    """A review rank by disagreement asked of a run with one labeler, where every disagreement is 0."""
+
+
 @dataclass
 class RunResult:
     summary: dict
@@ -66,6 +71,9 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         raise ValueError("review in the browser or from an annotation file, not both")
     if review_ui is not None:
         check_bind(review_ui.host, review_ui.token)  # before minutes of labelling, not after
+    if settings.review_rank != "score" and len(labeler_specs(settings.labelers, settings.labeler_model)) < 2:
+        raise NeedsLabelers(f"review rank {settings.review_rank} needs two or more labelers (--labelers): with one, "
+                            "every clip's disagreement is 0")
     started = time.perf_counter()
     models = models or Models(settings)
     found = datasets.load(str(audio_dir), settings.layout, class_from_folder=settings.class_from_folder)
@@ -79,13 +87,15 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
     writer = OutputWriter(out, on_clip_done)
     with ThreadPoolExecutor(settings.workers, thread_name_prefix="labeler") as executor:
         stages = [
-            LabelerStage(models.labeler, load_audio, max_words=settings.max_words, executor=executor,
+            LabelerStage(models.labelers, load_audio, max_words=settings.max_words, executor=executor,
                          workers=settings.workers),
             AlignerStage(models.scorer, load_audio, models.scorer_rate,
-                         keep_audio_embedding=settings.representation == "class-vector"),
+                         keep_audio_embedding=settings.representation == "class-vector",
+                         embedder=lambda: models.embedder),
             ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold,
                                      auto_accept=review_ui is None and not notes,
-                                     clips=frozenset(a.clip_id for a in notes) if notes else None),
+                                     clips=frozenset(a.clip_id for a in notes) if notes else None,
+                                     rank=settings.review_rank),
                         settings.max_words),
             ClustererStage(models.taxonomy_builder(settings)),
             writer,

@@ -24,6 +24,11 @@ def run(
     dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
     review_fraction: Optional[float] = typer.Option(None, help="Lowest fraction of clip scores sent to review."),
     review_threshold: Optional[float] = typer.Option(None, help="Review every clip scoring below this instead."),
+    review_rank: Optional[str] = typer.Option(None, help="score (lowest first, default), disagreement (between the "
+                                                         "labelers, highest first) or combined (mean of both ranks)."),
+    labelers: Optional[str] = typer.Option(None, help="Several labelers per clip, comma-separated [name=]model: "
+                                                      "yamnet, soundnet or an MLLM folder / hub id; each clip keeps the "
+                                                      "best-aligned label."),
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
@@ -68,13 +73,15 @@ def run(
             check_bind(ui_host, ui_token)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--ui-host") from None
-    settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
+    settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold,
+                         review_rank=review_rank, labelers=labelers, k_min=k_min,
                          k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
                          max_words=max_words,
                          class_from_folder=class_from_folder or None, layout=layout, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
     from auditoryhum.manifest import ManifestError
+    from auditoryhum.pipeline import NeedsLabelers
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
@@ -94,7 +101,7 @@ def run(
                 on_start=lambda total: progress.update(task, description="labelling", total=total),
                 on_clip_done=lambda: progress.advance(task),
             )
-        except (ManifestError, AnnotationError) as exc:  # checked before anything runs: nothing was processed
+        except (ManifestError, AnnotationError, NeedsLabelers) as exc:  # checked first: nothing was processed
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from None
     _print_summary(result.summary, out)

@@ -50,7 +50,7 @@ Wiring = tuple[Stage, Callable[[StageWorker], list[tuple[Callable, object]]]]
 
 def _labeler(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     executor = stack.enter_context(ThreadPoolExecutor(s.workers, thread_name_prefix="labeler"))
-    stage = LabelerStage(models.labeler, audio_loader(s), max_words=s.max_words, executor=executor,
+    stage = LabelerStage(models.labelers, audio_loader(s), max_words=s.max_words, executor=executor,
                          workers=s.workers)
     return stage, lambda worker: [(rpc.add_LabelerServiceServicer_to_server,
                                    grpc_api.LabelerServicer(stage, audio_limits(s)))]
@@ -58,14 +58,15 @@ def _labeler(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
 
 def _aligner(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     stage = AlignerStage(models.scorer, audio_loader(s), models.scorer_rate,
-                         keep_audio_embedding=s.representation == "class-vector")
+                         keep_audio_embedding=s.representation == "class-vector", embedder=lambda: models.embedder)
     return stage, lambda worker: [(rpc.add_AlignerServiceServicer_to_server, grpc_api.AlignerServicer(stage, audio_limits(s)))]
 
 
 def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     store = Store(s.store_url("review"))
     stack.callback(store.close)
-    stage = ReviewStage(ReviewPolicy(s.review_fraction, s.review_threshold, s.review_auto_accept), s.max_words, store)
+    stage = ReviewStage(ReviewPolicy(s.review_fraction, s.review_threshold, s.review_auto_accept, rank=s.review_rank),
+                        s.max_words, store)
 
     def servicers(worker: StageWorker):
         desk = ReviewDesk(worker, s.review_lease_s)

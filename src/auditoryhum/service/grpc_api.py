@@ -98,7 +98,7 @@ class LabelerServicer(api_grpc.LabelerServiceServicer):
             clips = [inline_clip(item) for item in request.inline]
             blobs = {clip.clip_id: item.data for clip, item in zip(clips, request.inline)}
             # The same model behind a loader of this request's bytes: the handler itself stays unchanged.
-            inline = LabelerStage(self.stage.labeler,
+            inline = LabelerStage(self.stage.labelers,
                                   lambda clip, rate: audio.load_bytes(blobs[clip.clip_id], rate, self.limits),
                                   max_words=self.stage.max_words)
             outs += inline.handle_batch(clips)
@@ -122,7 +122,8 @@ class AlignerServicer(api_grpc.AlignerServiceServicer):
         stage = self.stage
         if request.audio:
             stage = AlignerStage(stage.scorer, lambda clip, rate: audio.load_bytes(request.audio, rate, self.limits),
-                                 stage.sample_rate, keep_audio_embedding=stage.keep_audio_embedding)
+                                 stage.sample_rate, keep_audio_embedding=stage.keep_audio_embedding,
+                                 embedder=stage.embedder)
         [outs] = stage.handle_batch([pb.LabelProposal(clip=request.clip, labels=labels)])
         for out in outs:
             if out.topic == topics.DLQ:

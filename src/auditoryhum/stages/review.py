@@ -1,7 +1,8 @@
 """Review stage: picks the least-aligned clips for a human check and emits every clip's final label.
 
-Selection is per dataset: the lowest ``fraction`` of clip scores (at least one clip) once every clip of the
-dataset is scored or dead-lettered, or, with an absolute ``threshold``, every clip below it as it streams in.
+Selection is per dataset: the top ``fraction`` of clips (at least one) in the policy's ``rank`` (lowest score, highest
+labelers' disagreement, or both: :mod:`auditoryhum.review.rank`) once every clip of the dataset is scored or
+dead-lettered, or, with an absolute ``threshold``, every clip below it as it streams in.
 Without reviewers (``auto_accept``, the embedded default) selected clips are queued and keep the model's label.
 With reviewers, a selected clip waits for a :class:`ReviewDecision`: accept keeps the label; a correction goes to the
 aligner to be scored (the paper's before/after measure) and its best label becomes final with that score (a
@@ -25,6 +26,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from auditoryhum import topics
 from auditoryhum.labels import parse_labels
+from auditoryhum.review.rank import RANKS, REASONS, suspect_order
 from auditoryhum.stages.base import Out, Stage, dead_letter
 from auditoryhum.stages.labeler import HINT_KEY
 from auditoryhum.store import Store, review_clips, review_datasets, review_decisions
@@ -47,10 +49,15 @@ class ReviewPolicy:
     # Exactly these clips are reviewed, once the dataset is complete (the clips a published annotation file
     # reviewed); None: the lowest fraction, or the threshold.
     clips: frozenset[str] | None = None
+    rank: str = "score"  # what the fraction is the top of (auditoryhum.review.rank)
 
     def __post_init__(self):
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError("review fraction must be in (0, 1]")
+        if self.rank not in RANKS:
+            raise ValueError(f"review rank must be one of {', '.join(RANKS)}")
+        if self.rank != "score" and self.threshold is not None:
+            raise ValueError("a review threshold is a score threshold: it goes with rank score only")
 
 
 class ReviewStage(Stage):
@@ -158,8 +165,10 @@ class ReviewStage(Stage):
                 reason = "annotated by a reviewer"
             else:
                 n = max(1, math.ceil(self.policy.fraction * len(alignments)))
-                chosen, rest = alignments[:n], alignments[n:]
-                reason = f"lowest {self.policy.fraction:.0%} of dataset scores"
+                order = suspect_order([a.best_score for a in alignments], [a.disagreement for a in alignments],
+                                      self.policy.rank)
+                chosen, rest = [alignments[i] for i in order[:n]], [alignments[i] for i in order[n:]]
+                reason = REASONS[self.policy.rank].format(self.policy.fraction)
             for a in chosen:
                 outs += self._select(db, a, reason)
             outs += [self._final(db, a) for a in rest]
@@ -219,27 +228,31 @@ class ReviewStage(Stage):
     def _decided(self, db: Connection, alignment: pb.Alignment) -> Out:
         """The final label of a corrected or re-labelled clip, with the aligner's score of its new label."""
         clip = alignment.clip
-        row = db.execute(select(review_clips.c.task_id, review_clips.c.status, review_clips.c.score)
+        row = db.execute(select(review_clips.c.task_id, review_clips.c.status, review_clips.c.score,
+                                review_clips.c.alignment)
                          .where(review_clips.c.dataset == clip.dataset, review_clips.c.clip_id == clip.clip_id)).one()
         corrected = row.status == RESCORING
         self._record_after(db, row.task_id, alignment.best_label, alignment.best_score)
         # A re-labelled clip's label is still the model's (now with the human hint in its prompt).
         return self._final(db, alignment, pb.LABEL_SOURCE_HUMAN if corrected else pb.LABEL_SOURCE_MODEL,
-                           pb.REVIEW_ACTION_CORRECT if corrected else pb.REVIEW_ACTION_RELABEL, score=row.score)
+                           pb.REVIEW_ACTION_CORRECT if corrected else pb.REVIEW_ACTION_RELABEL, score=row.score,
+                           disagreement=pb.Alignment.FromString(row.alignment).disagreement)
 
     def _record_after(self, db: Connection, task_id: str, label: str, score: float) -> None:
         db.execute(update(review_decisions).where(review_decisions.c.task_id == task_id)
                    .values(final_label=label, score_after=score))
 
     def _final(self, db: Connection, alignment: pb.Alignment, source: int = pb.LABEL_SOURCE_MODEL,
-               action: int = pb.REVIEW_ACTION_UNSPECIFIED, score: float | None = None) -> Out:
-        """The clip's final label: the alignment's best label. ``score`` is the model's original score when the
-        alignment is a re-scoring."""
+               action: int = pb.REVIEW_ACTION_UNSPECIFIED, score: float | None = None,
+               disagreement: float | None = None) -> Out:
+        """The clip's final label: the alignment's best label. ``score`` and ``disagreement`` are the model's
+        original ones when the alignment is a re-scoring."""
         self._set(db, alignment.clip, status=FINAL, label=alignment.best_label, lease_owner=None, lease_expires=None)
         final = pb.FinalLabel(clip=alignment.clip, label=alignment.best_label, source=source,
                               score=alignment.best_score if score is None else score,
                               final_score=alignment.best_score, review_action=action,
-                              model_id=alignment.model_id, audio_embedding=alignment.audio_embedding)
+                              model_id=alignment.model_id, audio_embedding=alignment.audio_embedding,
+                              disagreement=alignment.disagreement if disagreement is None else disagreement)
         return Out(topics.FINAL_LABELS, alignment.clip.clip_id, final)
 
     def _seal(self, db: Connection, dataset: str) -> list[Out]:
