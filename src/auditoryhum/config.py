@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # review
     review_fraction: float = Field(0.01, gt=0, le=1, description="lowest fraction of clip scores reviewed")
     review_threshold: float | None = Field(None, description="absolute score below which clips are reviewed")
+    review_precision: float | None = Field(None, gt=0, lt=1, description="review the clips whose calibrated "
+                                           "P(reviewer accepts) is below this target instead (calibrated from the "
+                                           "decisions; review_fraction at a time until then)")
+    review_calibration: str = Field("isotonic", pattern="^(isotonic|platt)$",
+                                    description="how scores are calibrated to P(reviewer accepts)")
     review_lease_s: float = Field(300.0, gt=0, description="how long a reviewer holds a task before it is free again")
     # text embeddings (labels and tag names)
     embedder_path: str | None = Field(None, description="local sentence-transformers folder, e.g. all-mpnet-base-v2; "
@@ -87,4 +92,10 @@ class Settings(BaseSettings):
         for name, value in PROFILES[self.profile].items():
             if name not in self.model_fields_set:
                 object.__setattr__(self, name, value)
+        return self
+
+    @model_validator(mode="after")
+    def _one_review_mode(self) -> "Settings":
+        if self.review_precision is not None and self.review_threshold is not None:
+            raise ValueError("give review_threshold or review_precision, not both: the precision sets the threshold")
         return self

@@ -20,6 +20,7 @@ from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
 from auditoryhum.models import Models
 from auditoryhum.outputs import OutputWriter
+from auditoryhum.review import calibration
 from auditoryhum.review.annotations import Annotation, read_annotations
 from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker, Threads
@@ -85,7 +86,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                          keep_audio_embedding=settings.representation == "class-vector"),
             ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold,
                                      auto_accept=review_ui is None and not notes,
-                                     clips=frozenset(a.clip_id for a in notes) if notes else None),
+                                     clips=frozenset(a.clip_id for a in notes) if notes else None,
+                                     precision=settings.review_precision, calibration=settings.review_calibration),
                         settings.max_words),
             ClustererStage(models.taxonomy_builder(settings)),
             writer,
@@ -109,13 +111,17 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                 extra = _annotate(ReviewDesk(workers[2], settings.review_lease_s), notes, annotation_action,
                                   f"annotations:{annotations.name}"[:100], dataset)
                 _settle(bus, groups, threads)
+            with stages[2].store.transaction() as db:  # the reviewers' calibration, for the report
+                calibrated = calibration.summarise(db, dataset, settings.review_calibration, settings.review_precision)
+            if not len(calibrated.scores) and settings.review_precision is None:
+                calibrated = None  # nobody decided and nobody asked
     elapsed = time.perf_counter() - started
     summary = writer.finish(dataset, models.embedder, {
         "skipped_files": found.skipped,
         "seconds": round(elapsed, 3),
         "clips_per_s": round(len(found.entries) / elapsed, 2) if elapsed > 0 else None,
         **extra,
-    })
+    }, calibrated)
     return RunResult(summary, out)
 
 
