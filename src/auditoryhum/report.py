@@ -89,10 +89,10 @@ def plot_calibration(summary: Summary, path: Path) -> None:
         if summary.precision is not None:
             ax.axhline(summary.precision, color="steelblue", ls="--", lw=1, label=f"target {summary.precision:g}")
             if (t := cal.threshold(summary.precision)) is not None:
-                ax.axvline(t, color="steelblue", ls=":", lw=1)
+                ax.axvline(t, color="steelblue", ls=":", lw=1, label=f"reached from score {t:.3f}")
     ax.set(xlabel="clip score (model's label)", ylabel="P(reviewer accepts)", ylim=(-0.08, 1.08),
            title="Calibration from reviewers")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
