@@ -106,6 +106,10 @@ def test_precision_and_threshold_are_exclusive(tmp_path):
         Settings(review_calibration="spline")
     result = auditoryhum("run", str(tmp_path), "--review-precision", "0.9", "--review-threshold", "0.3")
     assert result.returncode == 2 and "not both" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "notes.csv").write_text("dog bark\n")
+    notes = str(tmp_path / "notes.csv")
+    result = auditoryhum("run", str(tmp_path), "--review-precision", "0.9", "--annotations", notes)
+    assert result.returncode == 2 and "no target precision with it" in result.stderr
 
 
 def fill(stage: ReviewStage, n: int, dataset: str = "d") -> list:

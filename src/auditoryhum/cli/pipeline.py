@@ -24,9 +24,10 @@ def run(
     dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
     review_fraction: Optional[float] = typer.Option(None, help="Lowest fraction of clip scores sent to review."),
     review_threshold: Optional[float] = typer.Option(None, help="Review every clip scoring below this instead."),
-    review_precision: Optional[float] = typer.Option(None, help="Review the clips whose P(reviewer accepts), "
-                                                                "calibrated from the decisions, is below this target "
-                                                                "(with --review-ui; the lowest fraction until then)."),
+    review_precision: Optional[float] = typer.Option(None, help="With --review-ui: review from the lowest scores up, "
+                                                                "--review-fraction at a time, until the decisions "
+                                                                "confirm P(reviewer accepts) ≥ this target; the rest "
+                                                                "keep the model's label."),
     review_calibration: Optional[str] = typer.Option(None, help="isotonic (default) or platt."),
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
@@ -79,6 +80,9 @@ def run(
                          class_from_folder=class_from_folder or None, layout=layout, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
+    if annotations and settings.review_precision is not None:
+        raise typer.BadParameter("an annotation file decides which clips are reviewed: no target precision with it",
+                                 param_hint="--review-precision")
     from auditoryhum.manifest import ManifestError
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
