@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     review_rank: str = Field("score", pattern="^(score|disagreement|combined)$",
                              description="what the review_fraction is the top of: lowest score, highest labelers' "
                                          "disagreement, or the mean of both ranks (see auditoryhum.review.rank)")
+    review_precision: float | None = Field(None, gt=0, lt=1, description="review the clips whose calibrated "
+                                           "P(reviewer accepts) is below this target instead (calibrated from the "
+                                           "decisions; review_fraction at a time until then)")
+    review_calibration: str = Field("isotonic", pattern="^(isotonic|platt)$",
+                                    description="how scores are calibrated to P(reviewer accepts)")
     review_lease_s: float = Field(300.0, gt=0, description="how long a reviewer holds a task before it is free again")
     # text embeddings (labels and tag names)
     embedder_path: str | None = Field(None, description="local sentence-transformers folder, e.g. all-mpnet-base-v2; "
@@ -105,8 +110,10 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_review_rank(self) -> "Settings":
-        if self.review_rank != "score" and self.review_threshold is not None:
+    def _one_review_mode(self) -> "Settings":
+        if self.review_precision is not None and self.review_threshold is not None:
+            raise ValueError("give review_threshold or review_precision, not both: the precision sets the threshold")
+        if self.review_rank != "score" and (self.review_threshold is not None or self.review_precision is not None):
             raise ValueError(f"review_rank {self.review_rank} ranks a whole dataset: use it with review_fraction, "
-                             "not review_threshold (a score threshold)")
+                             "not review_threshold or review_precision (both go up the scores)")
         return self

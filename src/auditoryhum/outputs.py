@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from auditoryhum import report, topics
 from auditoryhum.backends import TextEmbedder
+from auditoryhum.review.calibration import Summary as Calibration
 from auditoryhum.stages.base import Out, Stage
 from auditoryhum.stages.labeler import HINT_KEY
 from auditoryhum.stages.review import ACTIONS as ACTION_NAMES
@@ -64,7 +65,8 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
 
 def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
                    clips: list[tuple[str, str, str]] = (), scores: np.ndarray | None = None,
-                   reviewed: np.ndarray | None = None, decided: np.ndarray | None = None, removed: int = 0) -> dict:
+                   reviewed: np.ndarray | None = None, decided: np.ndarray | None = None, removed: int = 0,
+                   calibration: Calibration | None = None) -> dict:
     """``reviewed``: the model scores of the clips selected for review; ``decided``: (score before, score after)
     of each clip a reviewer decided and kept, ``removed`` those marked unusable."""
     """taxonomy.json, report.html and its plots; returns the metrics (shared by `run` and `cluster`)."""
@@ -89,7 +91,7 @@ def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
         metrics |= agreement([k for k, _ in assigned], [gt for _, gt in assigned]) or {}
     vectors = dict(zip(cluster_of, embedder.embed(list(cluster_of)))) if cluster_of else {}
     review_cut = float(np.max(reviewed)) if reviewed is not None and len(reviewed) else None
-    report.write(out, taxonomy, vectors, metrics, scores, review_cut)
+    report.write(out, taxonomy, vectors, metrics, scores, review_cut, calibration)
     return metrics
 
 
@@ -178,8 +180,10 @@ class OutputWriter(Stage):
             self.taxonomies[message.dataset] = message
         return []
 
-    def finish(self, dataset: str, embedder: TextEmbedder, extra: dict | None = None) -> dict:
-        """Close the streams, join final labels with the taxonomy, write the taxonomy, report and summary."""
+    def finish(self, dataset: str, embedder: TextEmbedder, extra: dict | None = None,
+               calibration: Calibration | None = None) -> dict:
+        """Close the streams, join final labels with the taxonomy, write the taxonomy, report and summary.
+        ``calibration``: the review stage's, from its decisions."""
         for f in self._files.values():
             f.close()
         taxonomy = self.taxonomies.get(dataset, pb.Taxonomy(dataset=dataset))
@@ -198,7 +202,8 @@ class OutputWriter(Stage):
                 clips.append((row["clip_id"], row["label"], row["ground_truth"]))
         metrics = write_taxonomy(self.out, taxonomy, embedder, clips=clips, scores=np.asarray(self.scores),
                                  reviewed=np.asarray(self.reviewed_scores),
-                                 decided=np.asarray(self.decided).reshape(-1, 2), removed=self.removed)
+                                 decided=np.asarray(self.decided).reshape(-1, 2), removed=self.removed,
+                                 calibration=calibration)
         summary = {
             "dataset": dataset,
             **metrics,
@@ -208,6 +213,7 @@ class OutputWriter(Stage):
             "reviewed": len(self.reviewed_scores),
             "mu_c": metrics.get("mu_c"),
             "mu_1pct": metrics.get("mu_1pct"),
+            **({"calibration": calibration.as_dict()} if calibration is not None else {}),
             **(extra or {}),
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -21,6 +21,7 @@ from auditoryhum.config import Settings
 from auditoryhum.labelers import labeler_specs
 from auditoryhum.models import Models
 from auditoryhum.outputs import OutputWriter
+from auditoryhum.review import calibration
 from auditoryhum.review.annotations import Annotation, read_annotations
 from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker, Threads
@@ -95,7 +96,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
             ReviewStage(ReviewPolicy(settings.review_fraction, settings.review_threshold,
                                      auto_accept=review_ui is None and not notes,
                                      clips=frozenset(a.clip_id for a in notes) if notes else None,
-                                     rank=settings.review_rank),
+                                     rank=settings.review_rank, precision=settings.review_precision,
+                                     calibration=settings.review_calibration),
                         settings.max_words),
             ClustererStage(models.taxonomy_builder(settings)),
             writer,
@@ -119,6 +121,10 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                 extra = _annotate(ReviewDesk(workers[2], settings.review_lease_s), notes, annotation_action,
                                   f"annotations:{annotations.name}"[:100], dataset)
                 _settle(bus, groups, threads)
+            with stages[2].store.transaction() as db:  # the reviewers' calibration, for the report
+                calibrated = calibration.summarise(db, dataset, settings.review_calibration, settings.review_precision)
+            if not len(calibrated.scores) and settings.review_precision is None:
+                calibrated = None  # nobody decided and nobody asked
     elapsed = time.perf_counter() - started
     summary = writer.finish(dataset, models.embedder, {
         "skipped_files": found.skipped,
@@ -127,7 +133,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         # What `evaluate --truth` rebuilds the run's scorer from; a service's settings (URLs, tokens) stay out.
         "settings": settings.model_dump(mode="json", include=set(Settings.model_fields)),
         **extra,
-    })
+    }, calibrated)
     return RunResult(summary, out)
 
 

@@ -1,4 +1,5 @@
-"""The human-readable report: taxonomy table, metrics and three plots, as ``report.html`` plus PNGs.
+"""The human-readable report: taxonomy table, metrics and plots (with reviewers' decisions, their calibration), as
+``report.html`` plus PNGs.
 
 Every label is untrusted text (a model wrote it after listening to audio that may contain speech): the HTML
 escapes all of it.
@@ -15,10 +16,12 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from auditoryhum.review.calibration import PRECISIONS, Summary  # noqa: E402
 from auditoryhum.taxonomy.builder import labels_in_several_clusters  # noqa: E402
 from auditoryhum.v1 import pipeline_pb2 as pb  # noqa: E402
 
 CURVE_PNG, MAP_PNG, SCORES_PNG = "selection_curve.png", "label_map.png", "score_histogram.png"
+CALIBRATION_PNG = "review_calibration.png"
 MAX_MAP_LABELS = 3000  # t-SNE cost grows fast; the most frequent labels show the structure
 
 
@@ -68,9 +71,38 @@ def plot_scores(scores: np.ndarray, cut: float | None, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_calibration(summary: Summary, path: Path) -> None:
+    """The decisions (accepted at 1, not at 0), their acceptance rate in score bins, and the fitted curve."""
+    s, a = summary.scores, summary.accepted
+    fig, ax = plt.subplots(figsize=(7, 4))
+    jitter = np.random.default_rng(0).uniform(-0.02, 0.02, len(s))
+    ax.scatter(s, a + jitter, s=10, alpha=0.4, color="grey", label="decisions (1 = accepted)")
+    edges = np.unique(np.quantile(s, np.linspace(0, 1, min(10, max(2, len(s) // 10)) + 1)))
+    if len(edges) > 2:
+        bins = np.clip(np.digitize(s, edges[1:-1]), 0, len(edges) - 2)
+        rates = [(s[bins == b].mean(), a[bins == b].mean()) for b in range(len(edges) - 1) if np.any(bins == b)]
+        ax.plot(*zip(*rates), "o", color="black", ms=5, label="accepted share per score bin")
+    cal = summary.calibration
+    if cal is not None:
+        grid = np.linspace(cal.low, cal.high, 200)
+        ax.plot(grid, cal.p_accept(grid), color="crimson", label=f"{cal.method} fit, {cal.decisions} decisions")
+        if summary.precision is not None:
+            ax.axhline(summary.precision, color="steelblue", ls="--", lw=1, label=f"target {summary.precision:g}")
+            if (t := cal.threshold(summary.precision)) is not None:
+                ax.axvline(t, color="steelblue", ls=":", lw=1, label=f"reached from score {t:.3f}")
+    ax.set(xlabel="clip score (model's label)", ylabel="P(reviewer accepts)", ylim=(-0.08, 1.08),
+           title="Calibration from reviewers")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metrics: dict,
-          scores: np.ndarray | None = None, review_cut: float | None = None) -> Path:
-    """Write report.html and its PNGs into ``out``; returns the HTML path."""
+          scores: np.ndarray | None = None, review_cut: float | None = None,
+          calibration: Summary | None = None) -> Path:
+    """Write report.html and its PNGs into ``out``; returns the HTML path. ``calibration``: the reviewers'
+    decisions and their fit, shown once there are decisions or the precision mode is on."""
     out.mkdir(parents=True, exist_ok=True)
     images = []
     if taxonomy.curve:
@@ -82,6 +114,12 @@ def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metr
     if scores is not None and len(scores):
         plot_scores(scores, review_cut, out / SCORES_PNG)
         images.append((SCORES_PNG, "Clip scores"))
+    calibration_html = ""
+    if calibration is not None and (len(calibration.scores) or calibration.precision is not None):
+        calibration_html = _calibration(calibration)
+        if len(calibration.scores):
+            plot_calibration(calibration, out / CALIBRATION_PNG)
+            images.append((CALIBRATION_PNG, "Calibration from reviewers"))
     esc = html.escape
     metric_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in metrics.items())
     cluster_rows = "".join(
@@ -107,7 +145,7 @@ img{{max-width:100%}}</style></head><body>
 <p>{taxonomy.k} clusters of {taxonomy.unique_labels} unique labels over {taxonomy.clips} clips
 ({esc(taxonomy.algorithm)} on {esc(taxonomy.representation or "labels")}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
 <h2>Metrics</h2><table>{metric_rows}</table>
-{review_html}
+{review_html}{calibration_html}
 <h2>Clusters</h2><table><tr><th>id</th><th>composite label</th><th>clips</th><th>labels (clips)</th></tr>{cluster_rows}</table>
 {several_html}<h2>Plots</h2>{figures}
 </body></html>
@@ -126,6 +164,28 @@ def _review(metrics: dict) -> str:
     return (f"<h2>Review uplift</h2><p>{metrics['review_decided']} clips decided by reviewers "
             f"({metrics.get('review_removed', 0)} marked unusable). Mean score of the kept pairs: "
             f"{before:.4f} before, {after:.4f} after the decisions (Δ {after - before:+.4f}).</p>")
+
+
+def _calibration(summary: Summary) -> str:
+    """How many decisions the calibration was fitted on, and the score at which P(accept) crosses common
+    precisions (or why there is no fit)."""
+    esc = html.escape
+    n, yes = len(summary.accepted), int(np.sum(summary.accepted))
+    cal = summary.calibration
+    parts = [f"<h2>Calibration from reviewers</h2><p>{n} decisions ({yes} accepted, {n - yes} corrected, "
+             f"re-labelled or unusable)."]
+    if cal is None:
+        parts.append(f" Not calibrated: {esc(summary.why)}.</p>")
+    else:
+        parts.append(f" P(reviewer accepts | score) fitted by {esc(cal.method)} regression on decided scores "
+                     f"{cal.low:.4f} to {cal.high:.4f}.</p>")
+        rows = "".join(f"<tr><td>{p:g}</td><td>{'not reached' if t is None else f'{t:.4f}'}</td></tr>"
+                       for p, t in cal.crossings(sorted({*PRECISIONS, *([summary.precision] if summary.precision
+                                                                         else [])})).items())
+        parts.append(f"<table><tr><th>P(accept) ≥</th><th>from score</th></tr>{rows}</table>")
+    if note := summary.note():
+        parts.append(f"<p>{esc(note)}.</p>")
+    return "".join(parts)
 
 
 def _fmt(value) -> str:

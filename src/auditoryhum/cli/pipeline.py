@@ -29,6 +29,11 @@ def run(
     labelers: Optional[str] = typer.Option(None, help="Several labelers per clip, comma-separated [name=]model: "
                                                       "yamnet, soundnet or an MLLM folder / hub id; each clip keeps the "
                                                       "best-aligned label."),
+    review_precision: Optional[float] = typer.Option(None, help="With --review-ui: review from the lowest scores up, "
+                                                                "--review-fraction at a time, until the decisions "
+                                                                "confirm P(reviewer accepts) ≥ this target; the rest "
+                                                                "keep the model's label."),
+    review_calibration: Optional[str] = typer.Option(None, help="isotonic (default) or platt."),
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
@@ -74,12 +79,16 @@ def run(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--ui-host") from None
     settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold,
-                         review_rank=review_rank, labelers=labelers, k_min=k_min,
+                         review_rank=review_rank, labelers=labelers, review_precision=review_precision,
+                         review_calibration=review_calibration, k_min=k_min,
                          k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
                          max_words=max_words,
                          class_from_folder=class_from_folder or None, layout=layout, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
+    if annotations and settings.review_precision is not None:
+        raise typer.BadParameter("an annotation file decides which clips are reviewed: no target precision with it",
+                                 param_hint="--review-precision")
     from auditoryhum.manifest import ManifestError
     from auditoryhum.pipeline import NeedsLabelers
 
@@ -160,6 +169,8 @@ def _print_summary(summary: dict, out: Path) -> None:
         ("clusters k", summary["k"]), ("λ", summary["lambda"]), ("silhouette S(k)", fmt(summary["silhouette"])),
         ("throughput", f"{summary['clips_per_s']} clips/s in {summary['seconds']} s"), ("outputs", str(out)),
     ]
+    if calibration := summary.get("calibration"):
+        rows.insert(4, ("review calibration", _calibration_line(calibration)))
     if summary.get("review_mean_after") is not None:  # reviewers decided: the paper's uplift
         rows.insert(4, ("review uplift", f"{summary['review_decided']} decided, mean score "
                                          f"{summary['review_mean_before']:.4f} → {summary['review_mean_after']:.4f}"))
@@ -170,6 +181,15 @@ def _print_summary(summary: dict, out: Path) -> None:
         console.print(f"[yellow]no audio files found (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})")
     if summary["skipped_files"]:
         console.print(f"[yellow]skipped {len(summary['skipped_files'])} file(s) without an audio extension")
+
+
+def _calibration_line(calibration: dict) -> str:
+    if "method" not in calibration:
+        line = f"none: {calibration['not_calibrated']}"
+    else:
+        at = ", ".join(f"{p}: {'-' if t is None else f'{t:.4f}'}" for p, t in calibration["threshold_at"].items())
+        line = f"{calibration['method']} on {calibration['decisions']} decisions; P(accept) ≥ p from score ({at})"
+    return line + (f"; {calibration['note']}" if calibration.get("note") else "")
 
 
 @app.command()

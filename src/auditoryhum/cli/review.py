@@ -4,6 +4,7 @@ published annotation files in as decisions."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -178,3 +179,59 @@ def _print_outcomes(rows: list[tuple[str, str, str, str]]) -> None:
     Console().print(table)
     counts = {o: sum(r[2] == o for r in rows) for o in ("applied", "duplicate", "refused", "invalid", "skipped")}
     Console().print(", ".join(f"{n} {o}" for o, n in counts.items()))
+
+
+@review_app.command("calibration")
+def review_calibration(
+    url: Optional[str] = typer.Option(None, "--url", help="SQLAlchemy URL of the review service's state (default: "
+                                                          "AUDITORYHUM_STATE_URL, else review.db in "
+                                                          "AUDITORYHUM_STATE_DIR)."),
+    dataset: str = typer.Option("", help="Only this dataset (default: every dataset with decisions)."),
+    method: Optional[str] = typer.Option(None, help="isotonic or platt (default: AUDITORYHUM_REVIEW_CALIBRATION)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", file_okay=False,
+                                       help="Also write each dataset's plot here (<dataset>_calibration.png)."),
+) -> None:
+    """Fit each dataset's score → P(reviewer accepts) from the decisions the review service recorded; print how many
+    decisions each fit has and the score from which P(accept) reaches common precisions. Reads the state only."""
+    from sqlalchemy import create_engine, make_url, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from auditoryhum.cli.common import load_settings
+    from auditoryhum.report import plot_calibration
+    from auditoryhum.review.calibration import PRECISIONS, summarise
+    from auditoryhum.service.settings import ServiceSettings
+    from auditoryhum.store import review_decisions
+
+    settings = load_settings(ServiceSettings, review_calibration=method)
+    if url is None:
+        url = settings.state_url or f"sqlite:///{Path(settings.state_dir) / 'review.db'}"
+    database = make_url(url).database
+    if url.startswith("sqlite") and database and not Path(database).exists():
+        typer.echo(f"{url}: no such database file", err=True)
+        raise typer.Exit(1)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as db:
+            names = [dataset] if dataset else list(db.execute(select(review_decisions.c.dataset).distinct()
+                                                              .order_by(review_decisions.c.dataset)).scalars())
+            found = [summarise(db, name, settings.review_calibration, settings.review_precision) for name in names]
+    except SQLAlchemyError as exc:
+        typer.echo(f"{make_url(url).render_as_string(hide_password=True)}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    table = Table(title=f"Calibration from reviewers ({settings.review_calibration}): score from which P(accept) ≥ p")
+    for col in ("dataset", "decisions", "accepted", *(f"p ≥ {p:g}" for p in PRECISIONS), "note"):
+        table.add_column(col, overflow="fold")
+    for s in found:
+        crossings = s.calibration.crossings() if s.calibration else {}
+        cells = [("-" if p not in crossings else "not reached" if crossings[p] is None else f"{crossings[p]:.4f}")
+                 for p in PRECISIONS]
+        table.add_row(Text(s.dataset), str(len(s.accepted)), str(int(s.accepted.sum())), *cells,
+                      Text(s.note() or s.why))
+        if out is not None and len(s.scores):
+            out.mkdir(parents=True, exist_ok=True)
+            plot_calibration(s, out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', s.dataset).lstrip('.')}_calibration.png")
+    Console().print(table)
+    if not found:
+        typer.echo("no review decisions recorded yet")

@@ -65,7 +65,8 @@ def _aligner(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
 def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     store = Store(s.store_url("review"))
     stack.callback(store.close)
-    stage = ReviewStage(ReviewPolicy(s.review_fraction, s.review_threshold, s.review_auto_accept, rank=s.review_rank),
+    stage = ReviewStage(ReviewPolicy(s.review_fraction, s.review_threshold, s.review_auto_accept, rank=s.review_rank,
+                                     precision=s.review_precision, calibration=s.review_calibration),
                         s.max_words, store)
 
     def servicers(worker: StageWorker):

@@ -10,12 +10,22 @@ reviewer may type several comma-separated pairs: all are scored, as in the autho
 back to the labeler with the reviewer's hint; unusable removes it. Every decision is recorded once (idempotent).
 When all final labels of a dataset are out, a ``DatasetSealed`` tells the clusterer how many to expect.
 
+With a target ``precision`` instead of a threshold, the threshold comes from the reviewers
+(:mod:`auditoryhum.review.calibration`): once the dataset is complete, its lowest ``fraction`` of scores become tasks
+and the other clips are held; each time a batch is decided, the calibration is refitted and, until it reaches the
+target, the next lowest fraction follows. Once the decisions confirm P(accept) ≥ target from some score on (see
+:meth:`~auditoryhum.review.calibration.Calibration.threshold`), every clip below it has been reviewed and the held
+clips, all above it, are final with the model's label: a stopping rule for reviewing from the bottom up. Closing
+the review first, or having no reviewers (``auto_accept``), falls back to the lowest fraction. The calibration is
+refitted from the stored decisions whenever it is needed, so it holds across restarts and replicas.
+
 State lives in a :class:`~auditoryhum.store.Store`, one row per clip, so a restarted service resumes where the
 committed state left it and a replayed record is recognised by its clip id and ignored.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -26,6 +36,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from auditoryhum import topics
 from auditoryhum.labels import parse_labels
+from auditoryhum.review.calibration import CALIBRATED, METHODS, calibrated_threshold
 from auditoryhum.review.rank import RANKS, REASONS, suspect_order
 from auditoryhum.stages.base import Out, Stage, dead_letter
 from auditoryhum.stages.labeler import HINT_KEY
@@ -39,6 +50,7 @@ FINAL, REMOVED, DEAD = "final", "removed", "dead"
 ACTIONS = {pb.REVIEW_ACTION_ACCEPT: "accept", pb.REVIEW_ACTION_CORRECT: "correct",
            pb.REVIEW_ACTION_UNUSABLE: "unusable", pb.REVIEW_ACTION_RELABEL: "relabel"}
 HUMAN_MODEL_ID = "human"  # model_id of the proposal that asks the aligner to score a reviewer's correction
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,14 +62,29 @@ class ReviewPolicy:
     # reviewed); None: the lowest fraction, or the threshold.
     clips: frozenset[str] | None = None
     rank: str = "score"  # what the fraction is the top of (auditoryhum.review.rank)
+    # A target P(reviewer accepts) instead of a raw threshold: the threshold is calibrated from the decisions.
+    precision: float | None = None
+    calibration: str = "isotonic"
 
     def __post_init__(self):
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError("review fraction must be in (0, 1]")
         if self.rank not in RANKS:
             raise ValueError(f"review rank must be one of {', '.join(RANKS)}")
-        if self.rank != "score" and self.threshold is not None:
-            raise ValueError("a review threshold is a score threshold: it goes with rank score only")
+        if self.rank != "score" and (self.threshold is not None or self.precision is not None):
+            raise ValueError("a review threshold or precision goes up the scores: it goes with rank score only")
+        check_precision(self.precision, self.threshold)
+        if self.calibration not in METHODS:
+            raise ValueError(f"review calibration must be one of {', '.join(METHODS)}, not {self.calibration!r}")
+
+
+def check_precision(precision: float | None, threshold: float | None) -> None:
+    if precision is None:
+        return
+    if threshold is not None:
+        raise ValueError("give a review threshold or a review precision, not both: the precision sets the threshold")
+    if not 0.0 < precision < 1.0:
+        raise ValueError(f"review precision is a target P(reviewer accepts) in (0, 1), not {precision:g}")
 
 
 class ReviewStage(Stage):
@@ -87,10 +114,16 @@ class ReviewStage(Stage):
             return []
 
     def close_review(self, dataset: str) -> list[Out]:
-        """Ends a dataset's human review: tasks nobody decided keep the model's label, as without reviewers."""
+        """Ends a dataset's human review: tasks nobody decided keep the model's label, as without reviewers, and so
+        do clips held for a calibration that was not reached."""
         with self.store.transaction() as db:
-            rows = db.execute(select(review_clips.c.alignment).where(review_clips.c.dataset == dataset,
-                                                                     review_clips.c.status == PENDING)).scalars().all()
+            precision = self.policy.precision
+            held = [SCORED] if precision is not None and self._dataset(db, dataset).complete else []
+            rows = db.execute(select(review_clips.c.alignment).where(
+                review_clips.c.dataset == dataset, review_clips.c.status.in_([PENDING, *held]))).scalars().all()
+            if held and (n := self._count(db, dataset, SCORED)):
+                log.warning("dataset %s: review closed before the calibration reached precision %g; %d held clips "
+                            "keep the model's label", dataset, precision, n)
             outs = [self._final(db, pb.Alignment.FromString(b)) for b in rows]
             return outs + self._seal(db, dataset)
 
@@ -106,6 +139,10 @@ class ReviewStage(Stage):
     def _status(self, db: Connection, dataset: str, clip_id: str) -> str | None:
         return db.execute(select(review_clips.c.status).where(review_clips.c.dataset == dataset,
                                                               review_clips.c.clip_id == clip_id)).scalar()
+
+    def _count(self, db: Connection, dataset: str, status: str) -> int:
+        return db.execute(select(func.count()).select_from(review_clips).where(
+            review_clips.c.dataset == dataset, review_clips.c.status == status)).scalar()
 
     def _set(self, db: Connection, clip: pb.Clip, **values) -> None:
         db.execute(update(review_clips).where(review_clips.c.dataset == clip.dataset,
@@ -163,16 +200,49 @@ class ReviewStage(Stage):
                 chosen = [a for a in alignments if a.clip.clip_id in self.policy.clips]
                 rest = [a for a in alignments if a.clip.clip_id not in self.policy.clips]
                 reason = "annotated by a reviewer"
+            elif self.policy.precision is not None and not self.policy.auto_accept:
+                return outs + self._calibrate(db, dataset) + self._seal(db, dataset)
             else:
                 n = max(1, math.ceil(self.policy.fraction * len(alignments)))
                 order = suspect_order([a.best_score for a in alignments], [a.disagreement for a in alignments],
                                       self.policy.rank)
                 chosen, rest = [alignments[i] for i in order[:n]], [alignments[i] for i in order[n:]]
                 reason = REASONS[self.policy.rank].format(self.policy.fraction)
+                if self.policy.precision is not None:
+                    log.warning("dataset %s: no reviewers, so no calibration for precision %g; reviewing the %s",
+                                dataset, self.policy.precision, reason)
             for a in chosen:
                 outs += self._select(db, a, reason)
             outs += [self._final(db, a) for a in rest]
         return outs + self._seal(db, dataset)
+
+    def _calibrate(self, db: Connection, dataset: str) -> list[Out]:
+        """Precision mode, once the dataset is complete and no task is pending: once calibrated, the held clips are
+        final; until then, the next lowest fraction of scores become tasks."""
+        if not self._count(db, dataset, SCORED) or self._count(db, dataset, PENDING):
+            return []  # nothing held, or reviewers are still on a batch: refitted once it is decided
+        precision = self.policy.precision
+        threshold, why = calibrated_threshold(db, dataset, precision, self.policy.calibration)
+        held = [pb.Alignment.FromString(b) for b in db.execute(
+            select(review_clips.c.alignment).where(review_clips.c.dataset == dataset, review_clips.c.status == SCORED)
+            .order_by(review_clips.c.score, review_clips.c.clip_id)).scalars()]
+        if threshold is not None:
+            # Decisions at or above the threshold confirm it, and batches go up from the lowest scores, so every
+            # held clip scores at least as high: all of them reach the target and keep the model's label.
+            reason = f"{CALIBRATED} at least {precision:g} (score ≥ {threshold:.4g})"
+            log.info("dataset %s: %s: %d held clips keep the model's label", dataset, reason, len(held))
+            outs = []
+            for a in held:
+                self._set(db, a.clip, reason=reason)  # the record of why it was not reviewed
+                outs.append(self._final(db, a))
+            return outs
+        scored = db.execute(select(func.count()).select_from(review_clips).where(
+            review_clips.c.dataset == dataset, review_clips.c.score.is_not(None))).scalar()
+        n = max(1, math.ceil(self.policy.fraction * scored))
+        reason = f"lowest scores, {self.policy.fraction:.0%} at a time, until calibrated to precision {precision:g}"
+        log.info("dataset %s: not calibrated yet (%s): next %d of %d held clips to review", dataset, why,
+                 min(n, len(held)), len(held))
+        return [o for a in held[:n] for o in self._select(db, a, reason)]
 
     def _select(self, db: Connection, alignment: pb.Alignment, reason: str) -> list[Out]:
         task = pb.ReviewTask(task_id=f"{alignment.clip.clip_id}/review", alignment=alignment, reason=reason)
@@ -223,6 +293,8 @@ class ReviewStage(Stage):
         else:
             self._set(db, clip, status=REMOVED, lease_owner=None, lease_expires=None)
             outs = []
+        if self.policy.precision is not None and self._dataset(db, row.dataset).complete:
+            outs += self._calibrate(db, row.dataset)
         return outs + self._seal(db, row.dataset)
 
     def _decided(self, db: Connection, alignment: pb.Alignment) -> Out:
