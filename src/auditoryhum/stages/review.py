@@ -72,7 +72,7 @@ class ReviewPolicy:
         if self.rank not in RANKS:
             raise ValueError(f"review rank must be one of {', '.join(RANKS)}")
         if self.rank != "score" and (self.threshold is not None or self.precision is not None):
-            raise ValueError("a review threshold or precision goes up the scores: it goes with rank score only")
+            raise ValueError("a review threshold (a score threshold) or precision goes up the scores: rank score only")
         check_precision(self.precision, self.threshold)
         if self.calibration not in METHODS:
             raise ValueError(f"review calibration must be one of {', '.join(METHODS)}, not {self.calibration!r}")
