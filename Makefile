@@ -18,7 +18,7 @@ BENCH_CLIPS ?= 1200
 KAFKA_LIB := deploy/kafka/lib/.installed
 HELM := .tools/helm
 
-.PHONY: setup apt venv proto run eval test kube-apiserver lint-proto lint-deploy bench bench-cluster bench-pipeline bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test kube-apiserver lint-proto lint-deploy bench bench-cluster bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver $(HELM)  ## install everything a fresh machine needs
 
@@ -133,6 +133,9 @@ bench-pipeline: $(GENERATED) $(KAFKA_LIB)  ## distributed mode (Kafka + services
 
 bench-triton: $(GENERATED)  ## the lite models in-process vs through Triton: latency, throughput, dynamic batching
 	$(PY) benchmarks/bench_triton.py
+
+bench-scorer: $(GENERATED) $(EVAL)/.built  ## the offline scorer against the former one: swapped-label AUC, throughput
+	$(PY) benchmarks/bench_scorer.py --eval $(EVAL)
 
 bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path, both protocols
 	$(PY) benchmarks/bench_cluster.py

@@ -9,7 +9,11 @@ and ARI against the categories, k against the category count. The lite profile r
 profile runs where its models are given (``--paper-models DIR`` with DIR/labeler, DIR/scorer, DIR/embedder; for
 the code path, the tiny random-weight ones from scripts/build_tiny_models.py), on the first clips of each category.
 
-Writes OUT/eval.json (every section, with each profile's AUC per category) and OUT/eval.csv (the real-set table).
+A second table measures the review ranks (``--review-rank``): with 10 % of the clips given a wrong label on
+purpose, which rank puts the wrong kept labels first (auditoryhum.quality.ranking).
+
+Writes OUT/eval.json (every section, with each profile's AUC per category), OUT/eval.csv (the real-set table) and
+OUT/eval_<section>.csv for each other section.
 """
 
 from __future__ import annotations
@@ -85,6 +89,35 @@ def real_set_rows(eval_dir: Path, out: Path, paper_models: Path | None, paper_pe
     return [measure_profile(name, settings, audio, truth, out) for name, settings, audio in profiles]
 
 
+# Two labelers per clip: YAMNet with a reference labeler proposing the category's description, and YAMNet with
+# SoundNet (a second real offline labeler); see auditoryhum.quality.ranking.
+RANKING_LABELERS = {"yamnet + reference": "yamnet", "yamnet + soundnet": "yamnet,soundnet"}
+RANKING_HEADINGS = {"labelers": "labelers", "rank": "rank", "p@1%": "p@1%", "p@5%": "p@5%", "p@10%": "p@10%",
+                    "wrong_kept": "wrong kept", "base_rate": "base rate"}
+
+
+def review_ranking_rows(eval_dir: Path, repeats: int) -> list[dict]:
+    """Each review rank's precision at the top 1/5/10 % when 10 % of the clips get a wrong label on purpose."""
+    from auditoryhum.config import Settings
+    from auditoryhum.quality.ranking import measure_folder, read_descriptions
+
+    descriptions = read_descriptions(eval_dir / "truth.csv")
+    return [{"labelers": name, **row}
+            for name, labelers in RANKING_LABELERS.items()
+            for row in measure_folder(eval_dir, Settings(labelers=labelers), descriptions=descriptions,
+                                      repeats=repeats)]
+
+
+def print_rows(title: str, rows: list[dict], headings: dict[str, str]) -> None:
+    table = Table(title=title)
+    for column, heading in headings.items():
+        table.add_column(heading, justify="left" if isinstance(rows[0][column], str) else "right")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in headings))
+    console = Console()
+    (console if console.is_terminal else Console(width=120)).print(table)
+
+
 def _cell(column: str, row: dict) -> str:
     value = row[column]
     if column == "k":
@@ -128,6 +161,7 @@ def main(
                                                 help="Folder with labeler/, scorer/, embedder/ for the paper "
                                                      "profile (scripts/build_tiny_models.py); none: lite only."),
     paper_per_category: int = typer.Option(2, min=1, help="Clips per category the paper profile runs on."),
+    repeats: int = typer.Option(20, min=1, help="Repeats of the review-ranking swap experiment."),
 ) -> None:
     """Measure label quality on the evaluation set: one row per profile."""
     try:
@@ -140,8 +174,9 @@ def main(
     # Section 2, synthetic k-selection families: report["synthetic_families"] = family_rows() from
     # auditoryhum.quality.synthetic, with its own printed table. (Added with the k-selection work.)
 
-    # Section 3, review-ranking precision: report["review_ranking"] = rows of precision_at() (measures.py) for
-    # each ranking, with its own printed table. (Added with the multi-labeler work.)
+    report["review_ranking"] = review_ranking_rows(eval_dir, repeats)
+    print_rows("Review ranking: precision at the top of each rank, labels swapped on purpose (10 % of clips)",
+               report["review_ranking"], RANKING_HEADINGS)
 
     write(out, report)
     Console().print(f"wrote {out / 'eval.json'} and {out / 'eval.csv'}")

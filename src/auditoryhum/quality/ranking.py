@@ -13,7 +13,6 @@ top 1 %, 5 % and 10 % is the share of wrong kept labels there, averaged over the
 from __future__ import annotations
 
 import csv
-import math
 import random
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -27,6 +26,7 @@ from auditoryhum import datasets
 from auditoryhum.config import Settings
 from auditoryhum.models import Models
 from auditoryhum.pipeline import audio_loader
+from auditoryhum.quality.measures import precision_at
 from auditoryhum.review.rank import RANKS, suspect_order
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.labeler import LabelerStage, proposal_of
@@ -34,13 +34,6 @@ from auditoryhum.v1 import pipeline_pb2 as pb
 
 FRACTIONS = (0.01, 0.05, 0.10)
 REFERENCE = "reference"  # model_id of the labeler that proposes the category's description
-
-
-def precision_at(ranking: Sequence[int], is_wrong: Sequence[bool], fractions: Sequence[float]) -> dict[float, float]:
-    """The share of wrong items among the top ``ceil(f · n)`` (at least one) of ``ranking``, for each fraction f.
-    (A local stand-in for auditoryhum.quality.measures.precision_at, same signature.)"""
-    wrong = np.asarray(is_wrong, dtype=bool)[np.asarray(ranking, dtype=int)]
-    return {f: float(wrong[: max(1, math.ceil(f * len(wrong)))].mean()) for f in fractions}
 
 
 def with_reference(proposal: pb.LabelProposal, description: str) -> pb.LabelProposal:
