@@ -32,7 +32,7 @@ class Description:
 
     raw_text: str
     tags: list[tuple[str, float]] = field(default_factory=list)
-    probabilities: Sequence[float] = ()
+    probabilities: tuple[float, ...] = ()
 
 
 class Labeler(Protocol):

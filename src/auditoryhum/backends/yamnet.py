@@ -166,4 +166,4 @@ class TaggerLabeler:
         chosen = [i for i in order[: self.top_k] if probs[i] >= self.min_score] or [order[0]]
         raw = ", ".join(self._names[i] for i in chosen)
         tags = [(self.tagger.class_names[i], float(probs[i])) for i in order[: self.evidence]]
-        return Description(raw, tags, probs.astype(np.float32))
+        return Description(raw, tags, tuple(probs.tolist()))
