@@ -40,14 +40,18 @@ def plot_curve(taxonomy: pb.Taxonomy, path: Path) -> None:
 
 def plot_map(taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], path: Path, seed: int = 0) -> None:
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     rows = sorted(((lc.count, lc.label, c.cluster_id) for c in taxonomy.clusters for lc in c.labels), reverse=True)
     rows = rows[:MAX_MAP_LABELS]
     fig, ax = plt.subplots(figsize=(7, 6))
     if len(rows) >= 3:
         x = np.stack([vectors[label] for _, label, _ in rows])
-        xy = TSNE(2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed,
-                  metric="cosine").fit_transform(x)
+        # One thread: t-SNE's OpenMP threads spin when the cores are busy (a loaded machine, a pod's CPU limit):
+        # 300 labels took 43 s with two threads there, 1.3 s with one.
+        with threadpool_limits(1):
+            xy = TSNE(2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed,
+                      metric="cosine").fit_transform(x)
         counts = np.array([c for c, _, _ in rows], dtype=float)
         ax.scatter(xy[:, 0], xy[:, 1], c=[cid for _, _, cid in rows], cmap="tab20",
                    s=12 + 120 * np.sqrt(counts / counts.max()), alpha=0.75, edgecolors="none")
