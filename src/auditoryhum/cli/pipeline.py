@@ -27,6 +27,8 @@ def run(
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
+    k_criterion: Optional[str] = typer.Option(None, "--k-criterion", help="plateau (default) or linear: the "
+                                              "paper's S(k) - λ·k/U. See docs/taxonomy.md."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
     protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
                                                       "the euclidean silhouette, k up to the unique count."),
@@ -69,8 +71,8 @@ def run(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--ui-host") from None
     settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold, k_min=k_min,
-                         k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
-                         max_words=max_words,
+                         k_max=k_max, penalty_lambda=lam, k_criterion=k_criterion, algorithm=algorithm,
+                         protocol=protocol, max_words=max_words,
                          class_from_folder=class_from_folder or None, layout=layout, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
@@ -109,6 +111,8 @@ def cluster(
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
+    k_criterion: Optional[str] = typer.Option(None, "--k-criterion", help="plateau (default) or linear: the "
+                                              "paper's S(k) - λ·k/U. See docs/taxonomy.md."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
     protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
                                                       "the euclidean silhouette, k up to the unique count."),
@@ -122,7 +126,8 @@ def cluster(
     from auditoryhum.outputs import write_taxonomy
     from auditoryhum.taxonomy.table import read_label_table
 
-    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
+    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, k_criterion=k_criterion,
+                         algorithm=algorithm, protocol=protocol,
                          namer_model=str(namer_model) if namer_model else None)
     try:
         labels = read_label_table(table, settings.max_words)
