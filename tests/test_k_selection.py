@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from auditoryhum.config import Settings
 from auditoryhum.quality.synthetic import FAST_SIZES, label_set, _Concepts
-from auditoryhum.taxonomy import select_k, weighted_silhouette
+from auditoryhum.taxonomy import label_silhouette, select_k, weighted_silhouette
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.selection import CRITERIA, DEFAULT_CRITERION, auto_k_max
 
@@ -87,3 +87,14 @@ def test_bad_settings_get_clear_errors(models):
         Settings(k_criterion="elbow")
     assert Settings(k_criterion="linear").k_criterion == "linear" and Settings().k_criterion == "plateau"
     assert set(CRITERIA) == {"plateau", "linear"}
+
+
+def test_the_label_silhouette_is_sklearns_over_unique_labels():
+    from sklearn.metrics import silhouette_samples
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 16))
+    labels = rng.integers(0, 7, 300)
+    value, stderr = label_silhouette(x, labels)
+    s = silhouette_samples(x, labels, metric="cosine")
+    assert value == pytest.approx(s.mean(), abs=1e-12) and stderr == pytest.approx(s.std() / np.sqrt(300))

@@ -18,7 +18,9 @@ so labels are generated in embedding space around real text: each label is one o
 variants of its concept, moved by isotropic Gaussian noise whose size makes its cosine to that variant the median
 cosine between a real variant and its nearest real paraphrase (measured on the same variants, per set). A generated
 label is thus no closer to its source than real paraphrases are to each other, and the groups keep the geometry of
-real text between them.
+real text between them. Sub-type groups also need this path beyond the ~20 real triples the pool holds: there each
+group is a real concept whose sub-types are its real variants shifted by one random offset per sub-type, sized so
+that labels of two sibling sub-types are, relative to labels of one sub-type, as close as in the real triples.
 
 **Counts.** ``balanced``: every label has ``BALANCED_COUNT`` clips; ``zipf``: Zipf(``ZIPF_EXPONENT``) clip counts,
 capped at ``ZIPF_CAP``. Everything is deterministic for a seed.
@@ -190,14 +192,40 @@ def _around(variants: list[np.ndarray], per_owner: np.ndarray, rng: np.random.Ge
     return np.concatenate(rows)
 
 
+def _mean_cos(a: np.ndarray, b: np.ndarray, same: bool) -> float:
+    sim = a @ b.T
+    return float((sim.sum() - np.trace(sim)) / (sim.size - len(sim))) if same else float(sim.mean())
+
+
+def _subtype_offset(pool: _Concepts, rng: np.random.Generator) -> float:
+    """Offset size that makes generated sub-types as close as real ones, label for label: the ratio of the mean
+    cosine between labels of two sibling sub-types to that within one sub-type, measured on the real triples'
+    text variants, is matched by shifting real variants (searched on a grid of offsets)."""
+    triples = pool.groups("subtypes", len(pool.names), np.random.default_rng(0))
+    emb = {c: pool.embedder.embed(_variants(pool.names[c])[:ANCHOR_VARIANTS]) for t in triples for c in t}
+    within = np.mean([_mean_cos(emb[c], emb[c], True) for c in emb])
+    sibling = np.mean([_mean_cos(emb[a], emb[b], False) for t in triples for i, a in enumerate(t) for b in t[i + 1:]])
+    target = sibling / within
+
+    def ratio(offset: float) -> float:
+        out = []
+        for t in triples:
+            base = emb[t[0]]
+            moved = [base + offset * rng.standard_normal(base.shape[1]).astype(np.float32) / math.sqrt(base.shape[1])
+                     for _ in range(2)]
+            moved = [m / np.linalg.norm(m, axis=1, keepdims=True) for m in moved]
+            out.append(_mean_cos(moved[0], moved[1], False) / _mean_cos(moved[0], moved[0], True))
+        return float(np.mean(out))
+
+    return min(np.linspace(0.1, 1.5, 29), key=lambda o: abs(ratio(o) - target))
+
+
 def _generated_subtypes(pool: _Concepts, size: int, want: int, counts: str,
                         rng: np.random.Generator) -> LabelSet:
     """Sub-type groups beyond the real triples: each group is a real concept (separated like paraphrase groups)
-    whose ``SUBTYPES`` sub-types are its real variants all shifted by one random offset each, sized so two
-    sub-types of a group are as close (cosine) as the median pair within the real triples."""
-    triples = pool.groups("subtypes", len(pool.names), np.random.default_rng(0))
-    real = np.array([pool.sim[a, b] for t in triples for i, a in enumerate(t) for b in t[i + 1:]])
-    offset = math.sqrt(1 / float(np.median(real)) - 1)  # two independent shifts: cosine ≈ 1 / (1 + offset²)
+    whose ``SUBTYPES`` sub-types are its real variants shifted by one random offset each (see
+    :func:`_subtype_offset`)."""
+    offset = _subtype_offset(pool, np.random.default_rng(1))
     concepts = pool.groups("paraphrase", want, rng)
     if len(concepts) < want:
         raise ValueError(f"{want} groups exceed the {len(concepts)} separated concepts of the pool")
