@@ -18,7 +18,7 @@ BENCH_CLIPS ?= 1200
 KAFKA_LIB := deploy/kafka/lib/.installed
 HELM := .tools/helm
 
-.PHONY: setup apt venv proto run eval test kube-apiserver lint-proto lint-deploy bench bench-cluster bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver $(HELM)  ## install everything a fresh machine needs
 
@@ -140,6 +140,9 @@ bench-scorer: $(GENERATED) $(EVAL)/.built  ## the offline scorer against the for
 bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path, both protocols
 	$(PY) benchmarks/bench_cluster.py
 	$(PY) benchmarks/bench_cluster.py --protocol reference
+
+bench-k: $(GENERATED)  ## k selection on the synthetic label families, 10 to 100k labels, plateau against linear
+	$(PY) benchmarks/bench_k_selection.py
 
 clean:
 	rm -rf out data .run .kafka .triton .tools deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*

@@ -154,7 +154,7 @@ def test_review_threshold_mode_streams_and_human_decisions_become_final_labels()
 
 
 def test_clusterer_builds_once_the_dataset_is_sealed(models):
-    stage = ClustererStage(TaxonomyBuilder(models.embedder, k_max=8))
+    stage = ClustererStage(TaxonomyBuilder(models.embedder, k_max=8, criterion="linear"))
     groups = {
         "vehicles": ["car engine", "truck engine", "passing cars", "road traffic", "motor vehicle", "bus engine"],
         "birds": ["bird song", "birds chirping", "songbirds", "bird calls", "birds singing", "chirping sparrows"],

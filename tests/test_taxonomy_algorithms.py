@@ -116,7 +116,7 @@ def test_select_k_recovers_scene_groups_from_minilm_labels(scenes):
     assert nmi >= 0.7
     # Unpenalised, the weighted silhouette rewards isolating frequent labels.
     assert sel.raw_best_k >= 3 * groups
-    assert len(sel.curve) == len(x) - 2 and sel.curve[0].k == 2
+    assert sel.curve[0].k == 2 and len(sel.curve) < len(x) - 2  # past 64 values of k: a grid, not every k
 
 
 def test_kmeans_is_deterministic_with_contiguous_labels():

@@ -81,8 +81,12 @@ class Settings(BaseSettings):
                           description="default: clusters of unique labels (k-means or ward), cosine silhouette; "
                                       "reference: the authors' Ward on every clip, euclidean silhouette, k up to U")
     k_min: int = Field(2, ge=2)
-    k_max: int = Field(64, ge=2, description="largest k tried (the reference protocol: the unique count, unless set)")
-    penalty_lambda: float = Field(2.0, ge=0, description="λ of S_adj(k) = S(k) - λ·k/U")
+    k_max: int | None = Field(None, ge=2, description="largest k tried; default max(64, 2·√U) (the reference "
+                                                       "protocol: the unique count)")
+    k_criterion: str = Field("plateau", pattern="^(plateau|linear)$",
+                             description="how k is chosen: plateau (label silhouette within 0.05 of its best, "
+                                         "smallest k) or linear (the paper's S(k) - λ·k/U); docs/taxonomy.md")
+    penalty_lambda: float = Field(2.0, ge=0, description="λ of S_adj(k) = S(k) - λ·k/U (k_criterion linear)")
     algorithm: str = Field("kmeans", pattern="^(kmeans|ward)$")
     representation: str = Field("labels", pattern="^(labels|class-vector)$",
                                 description="cluster unique labels, or clips by their class vectors")

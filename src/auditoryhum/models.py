@@ -150,4 +150,4 @@ class Models:
         k_max = s.k_max if s.protocol == "default" or "k_max" in s.model_fields_set else None
         return TaxonomyBuilder(self.embedder, k_min=s.k_min, k_max=k_max, lam=s.penalty_lambda,
                                algorithm=s.algorithm, namer=self.namer, representation=s.representation,
-                               protocol=s.protocol)
+                               protocol=s.protocol, criterion=s.k_criterion)

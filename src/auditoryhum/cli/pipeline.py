@@ -37,6 +37,8 @@ def run(
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
+    k_criterion: Optional[str] = typer.Option(None, "--k-criterion", help="plateau (default) or linear: the "
+                                              "paper's S(k) - λ·k/U. See docs/taxonomy.md."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
     protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
                                                       "the euclidean silhouette, k up to the unique count."),
@@ -81,8 +83,8 @@ def run(
     settings = load_settings(review_fraction=review_fraction, review_threshold=review_threshold,
                          review_rank=review_rank, labelers=labelers, review_precision=review_precision,
                          review_calibration=review_calibration, k_min=k_min,
-                         k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
-                         max_words=max_words,
+                         k_max=k_max, penalty_lambda=lam, k_criterion=k_criterion, algorithm=algorithm,
+                         protocol=protocol, max_words=max_words,
                          class_from_folder=class_from_folder or None, layout=layout, representation=representation,
                          namer_model=str(namer_model) if namer_model else None, profile=profile,
                          backend=backend, triton_url=triton_url)
@@ -125,6 +127,8 @@ def cluster(
     k_min: Optional[int] = typer.Option(None, "--k-min"),
     k_max: Optional[int] = typer.Option(None, "--k-max"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Penalty λ of the adjusted silhouette."),
+    k_criterion: Optional[str] = typer.Option(None, "--k-criterion", help="plateau (default) or linear: the "
+                                              "paper's S(k) - λ·k/U. See docs/taxonomy.md."),
     algorithm: Optional[str] = typer.Option(None, help="kmeans or ward."),
     protocol: Optional[str] = typer.Option(None, help="default, or reference: the authors' Ward on every clip with "
                                                       "the euclidean silhouette, k up to the unique count."),
@@ -138,7 +142,8 @@ def cluster(
     from auditoryhum.outputs import write_taxonomy
     from auditoryhum.taxonomy.table import read_label_table
 
-    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, algorithm=algorithm, protocol=protocol,
+    settings = load_settings(k_min=k_min, k_max=k_max, penalty_lambda=lam, k_criterion=k_criterion,
+                         algorithm=algorithm, protocol=protocol,
                          namer_model=str(namer_model) if namer_model else None)
     try:
         labels = read_label_table(table, settings.max_words)

@@ -96,7 +96,7 @@ def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
         protocol = "reference" if algorithm == REFERENCE else "default"
         return TaxonomyBuilder(models.embedder, k_min=k_min, k_max=k_max, lam=lam,
                                algorithm=algorithm if protocol == "default" else "kmeans", namer=models.namer,
-                               representation=s.representation, protocol=protocol)
+                               representation=s.representation, protocol=protocol, criterion=s.k_criterion)
 
     return stage, lambda worker: [(rpc.add_ClustererServiceServicer_to_server,
                                    grpc_api.ClustererServicer(stage, models.embedder, builder))]

@@ -8,6 +8,7 @@ from .cluster import ALGORITHMS, Clusterer, kmeans, ward
 from .selection import PENALTIES, CurvePoint, Selection, penalised, select_k
 from .silhouette import (
     SilhouetteResult,
+    label_silhouette,
     sampled_weighted_silhouette,
     silhouette,
     unit_rows,
@@ -22,6 +23,7 @@ __all__ = [
     "Selection",
     "SilhouetteResult",
     "kmeans",
+    "label_silhouette",
     "penalised",
     "sampled_weighted_silhouette",
     "select_k",

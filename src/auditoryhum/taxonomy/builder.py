@@ -20,7 +20,7 @@ from auditoryhum.backends import TextEmbedder
 from auditoryhum.taxonomy.naming import TextGenerator, clean_name, cluster_prompt, frequent_labels_name, ranked
 from auditoryhum.taxonomy.reference import ALGORITHM as REFERENCE_ALGORITHM
 from auditoryhum.taxonomy.reference import reference_select_k
-from auditoryhum.taxonomy.selection import Selection, select_k
+from auditoryhum.taxonomy.selection import CRITERIA, DEFAULT_CRITERION, Selection, select_k
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 REPRESENTATIONS = ("labels", "class-vector")
@@ -30,16 +30,20 @@ PROTOCOLS = ("default", "reference")
 class TaxonomyBuilder:
     def __init__(self, embedder: TextEmbedder, *, k_min: int = 2, k_max: int | None = 64, lam: float = 2.0,
                  algorithm: str = "kmeans", seed: int = 0, namer: TextGenerator | None = None,
-                 representation: str = "labels", protocol: str = "default"):
-        """``k_max`` None: up to the unique count (the reference protocol's sweep)."""
+                 representation: str = "labels", protocol: str = "default", criterion: str = DEFAULT_CRITERION):
+        """``k_max`` None: up to the unique count (the reference protocol's sweep), else ``auto_k_max``.
+        ``criterion`` chooses k in the default protocol; the reference protocol always uses the paper's."""
         if representation not in REPRESENTATIONS:
             raise ValueError(f"unknown representation {representation!r}; known: {REPRESENTATIONS}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown k criterion {criterion!r}; known: {list(CRITERIA)}")
         if protocol == "reference":
             algorithm = REFERENCE_ALGORITHM
         self.embedder, self.namer, self.representation, self.protocol = embedder, namer, representation, protocol
         self.k_min, self.k_max, self.lam, self.algorithm, self.seed = k_min, k_max, lam, algorithm, seed
+        self.criterion = criterion
 
     def build(self, dataset: str, counts: Mapping[str, int]) -> pb.Taxonomy:
         """Cluster the unique labels, each weighted by its number of clips."""
@@ -83,8 +87,8 @@ class TaxonomyBuilder:
     def _select(self, x: np.ndarray, weights: np.ndarray) -> Selection:
         if self.protocol == "reference":
             return reference_select_k(x, weights, k_min=self.k_min, k_max=self.k_max, lam=self.lam)
-        return select_k(x, weights, k_min=self.k_min, k_max=len(x) if self.k_max is None else self.k_max,
-                        lam=self.lam, algorithm=self.algorithm, seed=self.seed)
+        return select_k(x, weights, k_min=self.k_min, k_max=self.k_max, lam=self.lam, algorithm=self.algorithm,
+                        criterion=self.criterion, seed=self.seed)
 
     @staticmethod
     def _order(members: dict[int, Counter[str]]) -> list[int]:

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 __all__ = [
     "SilhouetteResult",
+    "label_silhouette",
     "sampled_weighted_silhouette",
     "silhouette",
     "unit_rows",
@@ -240,3 +241,26 @@ def silhouette(
         x, labels, weights, sample_size=sample_size, seed=seed
     )
     return SilhouetteResult(value, stderr, False)
+
+
+def label_silhouette(
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    exact_limit: int = 500_000,
+    sample_size: int = 2000,
+    seed: int = 0,
+    block: int = 4096,
+) -> tuple[float, float]:
+    """Cosine silhouette over the unique rows, each counted once, and its standard error.
+
+    Exact up to ``exact_limit`` rows, where the standard error is the spread of the rows' s(i) over √U (how
+    much the mean would move with another draw of labels from the same groups); above, the stratified estimate
+    and its sampling error. Returns ``(value, standard_error)``.
+    """
+    ones = np.ones(len(x))
+    if len(x) > exact_limit:
+        return sampled_weighted_silhouette(x, labels, ones, sample_size=sample_size, seed=seed)
+    p = _prepare(x, labels, ones)
+    s = _point_silhouettes(p, np.arange(len(p.x)), block)
+    return float(s.mean()), float(s.std() / np.sqrt(len(s)))
