@@ -146,7 +146,8 @@ def test_the_harness_prints_one_row_per_profile_and_writes_it_as_json_and_csv(tm
     harness = typer.Typer()
     harness.command()(main)
     out = tmp_path / "eval"
-    result = CliRunner().invoke(harness, [str(eval_set), "--out", str(out)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(harness, [str(eval_set), "--out", str(out), "--family-size", "10", "--repeats", "2"],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "swapped AUC" in result.output and "k vs true count" in result.output
     report = json.loads((out / "eval.json").read_text())
@@ -160,6 +161,17 @@ def test_the_harness_prints_one_row_per_profile_and_writes_it_as_json_and_csv(tm
     with (out / "eval.csv").open() as f:
         (written,) = list(csv.DictReader(f))
     assert written["profile"] == "lite" and float(written["swapped_auc"]) == pytest.approx(row["swapped_auc"])
+    # The other sections: every synthetic family at the size asked, both criteria; every rank of both labeler sets.
+    families = report["synthetic_families"]
+    assert {(f["family"], f["unique_labels"]) for f in families} == {
+        (name, 10) for name in ("paraphrase/balanced", "paraphrase/zipf", "subtypes/balanced", "subtypes/zipf")}
+    assert all(f["true_groups"] == 2 and {"k_plateau", "k_linear"} <= set(f) for f in families)
+    ranking = report["review_ranking"]
+    assert [(r["labelers"], r["rank"]) for r in ranking] == [
+        (labelers, rank) for labelers in ("yamnet + reference", "yamnet + soundnet")
+        for rank in ("score", "disagreement", "combined")]
+    assert all(0.0 <= r["p@5%"] <= 1.0 and r["clips"] == 4 for r in ranking)
+    assert (out / "eval_synthetic_families.csv").is_file() and (out / "eval_review_ranking.csv").is_file()
 
     bad = CliRunner().invoke(harness, [str(eval_set), "--out", str(tmp_path / "never"),
                                        "--paper-models", str(tmp_path)], env={"COLUMNS": "200"})

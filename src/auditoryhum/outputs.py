@@ -58,6 +58,7 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
              "labels": [{"label": lc.label, "count": lc.count} for lc in c.labels]}
             for c in taxonomy.clusters
         ],
+        "k_criterion": taxonomy.k_criterion,
         "curve": [{"k": p.k, "silhouette": p.silhouette, "adjusted": p.adjusted} for p in taxonomy.curve],
         "labels_in_several_clusters": labels_in_several_clusters(taxonomy),
     }

@@ -29,7 +29,9 @@ def plot_curve(taxonomy: pb.Taxonomy, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ks = [p.k for p in taxonomy.curve]
     ax.plot(ks, [p.silhouette for p in taxonomy.curve], "o-", ms=3, label="S(k), weighted silhouette")
-    ax.plot(ks, [p.adjusted for p in taxonomy.curve], "s-", ms=3, label=f"S_adj(k) = S(k) − {taxonomy.penalty_lambda:g}·k/U")
+    ranked = ("L(k), label silhouette (criterion plateau)" if taxonomy.k_criterion == "plateau"
+              else f"S_adj(k) = S(k) − {taxonomy.penalty_lambda:g}·k/U")
+    ax.plot(ks, [p.adjusted for p in taxonomy.curve], "s-", ms=3, label=ranked)
     ax.axvline(taxonomy.k, color="crimson", ls="--", label=f"k* = {taxonomy.k}")
     ax.set(xlabel="k (clusters)", ylabel="score", title="Choosing the number of clusters")
     ax.legend(fontsize=8)
@@ -147,7 +149,7 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:
 img{{max-width:100%}}</style></head><body>
 <h1>Taxonomy of <em>{esc(taxonomy.dataset)}</em></h1>
 <p>{taxonomy.k} clusters of {taxonomy.unique_labels} unique labels over {taxonomy.clips} clips
-({esc(taxonomy.algorithm)} on {esc(taxonomy.representation or "labels")}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
+({esc(taxonomy.algorithm)} on {esc(taxonomy.representation or "labels")}, k by {esc(taxonomy.k_criterion or "linear")}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
 <h2>Metrics</h2><table>{metric_rows}</table>
 {review_html}{calibration_html}
 <h2>Clusters</h2><table><tr><th>id</th><th>composite label</th><th>clips</th><th>labels (clips)</th></tr>{cluster_rows}</table>

@@ -9,7 +9,9 @@ and ARI against the categories, k against the category count. The lite profile r
 profile runs where its models are given (``--paper-models DIR`` with DIR/labeler, DIR/scorer, DIR/embedder; for
 the code path, the tiny random-weight ones from scripts/build_tiny_models.py), on the first clips of each category.
 
-A second table measures the review ranks (``--review-rank``): with 10 % of the clips given a wrong label on
+A second table runs k selection on synthetic label sets of known group count (auditoryhum.quality.synthetic:
+paraphrase groups and mixed sub-types, balanced and Zipf clip counts), the default criterion against the paper's.
+A third measures the review ranks (``--review-rank``): with 10 % of the clips given a wrong label on
 purpose, which rank puts the wrong kept labels first (auditoryhum.quality.ranking).
 
 Writes OUT/eval.json (every section, with each profile's AUC per category), OUT/eval.csv (the real-set table) and
@@ -89,6 +91,22 @@ def real_set_rows(eval_dir: Path, out: Path, paper_models: Path | None, paper_pe
     return [measure_profile(name, settings, audio, truth, out) for name, settings, audio in profiles]
 
 
+FAMILY_HEADINGS = {"family": "family", "unique_labels": "unique labels", "true_groups": "true k",
+                   "k_plateau": "k plateau", "nmi_plateau": "NMI plateau", "k_linear": "k linear (paper)",
+                   "nmi_linear": "NMI linear"}
+
+
+def synthetic_rows(sizes: list[int]) -> list[dict]:
+    """Each synthetic family × size with the default criterion (plateau) and the paper's (linear), side by side."""
+    from auditoryhum.quality.synthetic import family_rows
+
+    rows = {c: family_rows(sizes, criterion=c) for c in ("plateau", "linear")}
+    return [{"family": p["family"], "unique_labels": p["unique_labels"], "true_groups": p["true_groups"],
+             "k_plateau": f"{p['k']}{'' if p['within_20pct'] else ' ✗'}", "nmi_plateau": p["nmi"],
+             "k_linear": f"{q['k']}{'' if q['within_20pct'] else ' ✗'}", "nmi_linear": q["nmi"]}
+            for p, q in zip(rows["plateau"], rows["linear"])]
+
+
 # Two labelers per clip: YAMNet with a reference labeler proposing the category's description, and YAMNet with
 # SoundNet (a second real offline labeler); see auditoryhum.quality.ranking.
 RANKING_LABELERS = {"yamnet + reference": "yamnet", "yamnet + soundnet": "yamnet,soundnet"}
@@ -111,7 +129,7 @@ def review_ranking_rows(eval_dir: Path, repeats: int) -> list[dict]:
 def print_rows(title: str, rows: list[dict], headings: dict[str, str]) -> None:
     table = Table(title=title)
     for column, heading in headings.items():
-        table.add_column(heading, justify="left" if isinstance(rows[0][column], str) else "right")
+        table.add_column(heading, justify="left" if column in ("family", "labelers", "rank") else "right")
     for row in rows:
         table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in headings))
     console = Console()
@@ -162,6 +180,9 @@ def main(
                                                      "profile (scripts/build_tiny_models.py); none: lite only."),
     paper_per_category: int = typer.Option(2, min=1, help="Clips per category the paper profile runs on."),
     repeats: int = typer.Option(20, min=1, help="Repeats of the review-ranking swap experiment."),
+    family_sizes: list[int] = typer.Option([10, 100, 1000], "--family-size", min=3,
+                                           help="Unique-label counts of the synthetic families (make bench-k: all "
+                                                "sizes up to 100 000)."),
 ) -> None:
     """Measure label quality on the evaluation set: one row per profile."""
     try:
@@ -171,8 +192,9 @@ def main(
         raise typer.Exit(1) from None
     print_real_set(report["real_set"])
 
-    # Section 2, synthetic k-selection families: report["synthetic_families"] = family_rows() from
-    # auditoryhum.quality.synthetic, with its own printed table. (Added with the k-selection work.)
+    report["synthetic_families"] = synthetic_rows(family_sizes)
+    print_rows("k selection on synthetic label sets of known group count (±20 %: within a fifth of the truth)",
+               report["synthetic_families"], FAMILY_HEADINGS)
 
     report["review_ranking"] = review_ranking_rows(eval_dir, repeats)
     print_rows("Review ranking: precision at the top of each rank, labels swapped on purpose (10 % of clips)",

@@ -80,7 +80,8 @@ class TaxonomyBuilder:
     def _empty(self, dataset: str, unique: int, clips: int, representation: str) -> pb.Taxonomy:
         taxonomy = pb.Taxonomy(dataset=dataset, penalty_lambda=self.lam, unique_labels=unique, clips=clips,
                                algorithm=self.algorithm, embedder_id=self.embedder.model_id,
-                               representation=representation)
+                               representation=representation,
+                               k_criterion="linear" if self.protocol == "reference" else self.criterion)
         taxonomy.created_at.GetCurrentTime()
         return taxonomy
 
