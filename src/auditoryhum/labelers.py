@@ -7,8 +7,8 @@ own id, or the folder / hub id; a model whose path holds "=" needs one). Unset: 
 
     AUDITORYHUM_LABELERS="yamnet,soundnet,qwen2-audio=/models/Qwen2-Audio-7B-Instruct"
 
-List YAMNet first with the tag-bridge scorer: the proposal's tags (the scorer's evidence) are the first labeler's
-that has any.
+The proposal's tags and class probabilities (the tag-bridge scorer's evidence) are the first labeler's that has
+any; the scorer tags the audio itself when none has.
 """
 
 from __future__ import annotations
