@@ -3,8 +3,8 @@ strongly the clip fires those classes than an ordinary clip does.
 
 - **The label's classes.** The label text is embedded and compared with each of YAMNet's 521 AudioSet classes,
   under each of its names (the display name lists synonyms: "Vehicle horn, car horn, honking"); a class's
-  similarity is the best of these. A softmax at temperature
-  ``temperature`` turns the similarities into the label's distribution q over the classes.
+  similarity is the best of these. A softmax at ``temperature`` turns the similarities into the label's
+  distribution q over the classes.
 - **The clip's evidence.** The tagger's probability p_j of every class, read against the class's base rate in
   AudioSet (``prior_j``, the share of AudioSet clips labelled with it): the lift p_j / (prior_j + ε). Without the
   base rate, classes that fire on almost anything ("Speech" is on 49 % of AudioSet clips, "Music" on 48 %) made
@@ -14,8 +14,8 @@ strongly the clip fires those classes than an ordinary clip does.
 
 On our evaluation set (``make eval``) this ranks a clip's true scene description above the other scenes'
 with an AUC of about 0.90, where the former bridge (cosine between the label and the probability-weighted mean of
-the clip's ten strongest class names) reached 0.74; docs/taxonomy.md has the table. It stands in for Human-CLAP
-where no CLAP weights can be had.
+the clip's ten strongest class names) reached 0.74 (``make bench-scorer``). It stands in for Human-CLAP where no
+CLAP weights can be had.
 
 The class probabilities usually come with the item (the tagger labeler's proposal carries all 521). Items without
 them fall back to the proposal's strongest tags (a sparse vector: weaker), and items with neither (an MLLM's
