@@ -34,6 +34,13 @@ def kafka(tmp_path_factory) -> Iterator[LocalStack]:
     stack.down()
 
 
+def own_stack(home: Path, base: int, env: dict[str, str] | None = None) -> LocalStack:
+    """A stack of its own on ports base..base+99 (Kafka base and base+1, Triton base+20..22, gRPC base+51..54,
+    metrics base+61..64, UI base+71), for a test module whose faults or settings must not touch the session's."""
+    return LocalStack(home, kafka_port=base, port_base=base + 51, metrics_base=base + 61, triton_port=base + 20,
+                      ui_port=base + 71, env=env)
+
+
 @pytest.fixture(scope="session")
 def kube_apiserver(tmp_path_factory) -> Iterator[ApiServer]:
     """A real kube-apiserver (and etcd) on loopback for the whole session; its kubeconfig is ``.kubeconfig``."""

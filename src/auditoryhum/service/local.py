@@ -30,15 +30,17 @@ SERVICES = tuple(DEFAULT_PORTS)
 
 class LocalStack:
     def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
-                 triton_port: int | None = 18000, ui_port: int = 8080):
+                 triton_port: int | None = 18000, ui_port: int = 8080, env: dict[str, str] | None = None):
         """``triton_port``: Triton's HTTP port (gRPC and metrics on the next two); None runs the models inside
-        each service instead. ``ui_port``: the review service's web UI."""
+        each service instead. ``ui_port``: the review service's web UI. ``env``: settings every service gets
+        (``AUDITORYHUM_*``), e.g. a state URL or review policy."""
         self.home = home.resolve()
         self.ui_port = ui_port
         self.kafka_port, self.port_base, self.metrics_base = kafka_port, port_base, metrics_base
         self.triton_port = triton_port
         # The services' models: on this stack's Triton, or in each service.
         self.env = {"AUDITORYHUM_BACKEND": "triton", "AUDITORYHUM_TRITON_URL": self.triton_url} if triton_port else {}
+        self.env.update(env or {})
         self.home.mkdir(parents=True, exist_ok=True)
 
     @property
