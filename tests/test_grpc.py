@@ -331,3 +331,33 @@ def test_a_token_guards_every_call_but_health_checks(review):
         grpc_server.stop(server, health, grace_s=0).wait()
     with pytest.raises(ValueError, match="without an auth token"):
         grpc_server.build_server([], port=0, host="0.0.0.0", max_message_mb=1)
+
+
+def test_close_review_ends_a_complete_datasets_review_once(channel, review):
+    stub = api_grpc.ReviewServiceStub(channel)
+    review.process(pb.DatasetAnnouncement(dataset="closing", expected_clips=4))
+    for i, score in enumerate((0.1, 0.2, 0.3, 0.9)):
+        if i == 3:  # one clip still to score: tasks may still come, so the review cannot close yet
+            with pytest.raises(grpc.RpcError) as early:
+                stub.CloseReview(api.CloseReviewRequest(dataset="closing"))
+            assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "3 of 4" in early.value.details()
+        clip = pb.Clip(clip_id=f"k{i}", dataset="closing", uri=f"/audio/k{i}.wav")
+        review.process(pb.Alignment(clip=clip, best_label=f"label {i}", best_score=score))
+    decided = pb.ReviewDecision(task_id="k0/review", action=pb.REVIEW_ACTION_ACCEPT, reviewer="ann")
+    stub.SubmitDecision(api.SubmitDecisionRequest(decision=decided))
+
+    closed = stub.CloseReview(api.CloseReviewRequest(dataset="closing"))
+    assert (closed.kept_model_label, closed.sealed) == (2, True)  # k1, k2 undecided: the model's labels stand
+    assert not stub.ListTasks(api.ListTasksRequest(dataset="closing")).tasks
+    again = stub.CloseReview(api.CloseReviewRequest(dataset="closing"))
+    assert (again.kept_model_label, again.sealed) == (0, True)
+    records = [r.message() for p in review.bus._topics[topics.FINAL_LABELS] for r in p.records]
+    finals = sorted((f.clip.clip_id, f.source) for f in records if isinstance(f, pb.FinalLabel)
+                    and f.clip.dataset == "closing")
+    assert finals == [("k0", pb.LABEL_SOURCE_HUMAN), ("k1", pb.LABEL_SOURCE_MODEL), ("k2", pb.LABEL_SOURCE_MODEL),
+                      ("k3", pb.LABEL_SOURCE_MODEL)]  # each clip once
+    assert [s.final_labels for s in records if isinstance(s, pb.DatasetSealed) and s.dataset == "closing"] == [4]
+    for dataset, code in (("", INVALID), ("never-seen", grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CloseReview(api.CloseReviewRequest(dataset=dataset))
+        assert err.value.code() == code

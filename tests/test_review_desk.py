@@ -4,6 +4,7 @@ real PostgreSQL server, with reviewers racing from separate connections."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -165,3 +166,17 @@ def test_racing_for_one_task_has_one_winner(url):
         t.join(60)
     assert len(won) == 1 and len(lost) == len(reviewers) - 1
     assert desk_on(url).task("c000/review").lease_owner == won[0]
+
+
+def test_a_review_past_its_deadline_closes_and_keeps_the_models_labels(tmp_path):
+    desk = desk_on(f"sqlite:///{tmp_path / 'review.db'}")
+    fill(desk, clips=8)  # 4 tasks
+    desk.decide(pb.ReviewDecision(task_id="c000/review", action=pb.REVIEW_ACTION_UNUSABLE, reviewer="ann"))
+    now = time.time()
+    assert desk.close_overdue(3600, now) == {}  # still within the deadline
+    assert desk.stats("d").pending == 3
+    assert desk.close_overdue(3600, now + 3601) == {"d": 3}
+    assert desk.stats("d").pending == 0 and desk.sealed("d")
+    finals = [f for f in published(desk, topics.FINAL_LABELS) if isinstance(f, pb.FinalLabel)]
+    assert sorted(f.clip.clip_id for f in finals) == [f"c{i:03d}" for i in range(1, 8)]  # c000 unusable: removed
+    assert desk.close_overdue(3600, now + 7200) == {}  # sealed: nothing left to close

@@ -1,7 +1,9 @@
 """The consumer loop: poll a batch, run the stage's handler, publish its outputs, then acknowledge.
 
 Acknowledging only after the outputs are published gives at-least-once delivery; the handlers are idempotent,
-so a replay never duplicates a final record. Nothing is dropped: a record that cannot be decoded or that makes
+so a replay never duplicates a final record. A stage with state (a store) writes its outputs to the store's
+outbox in the transaction that changes its state, and they are relayed once it commits (:mod:`auditoryhum.outbox`):
+state and outputs are durable together, and a crash anywhere sends no output twice. Nothing is dropped: a record that cannot be decoded or that makes
 its handler fail becomes a dead letter with the reason; a transient back-end error is retried with backoff.
 """
 
@@ -17,6 +19,7 @@ from google.protobuf.message import Message
 from auditoryhum.bus import Bus, BusError, Consumer, Record
 from auditoryhum.bus.codec import TYPE_HEADER, CodecError
 from auditoryhum.errors import TransientError
+from auditoryhum.outbox import Outbox, OnRecover
 from auditoryhum.stages.base import Out, Stage, dead_letter
 
 log = logging.getLogger(__name__)
@@ -31,15 +34,26 @@ class Metrics:
     def error(self, stage: str, kind: str) -> None:
         pass
 
+    def recovered(self, stage: str, delivered: int, resent: int) -> None:
+        """The outbox found records a crashed predecessor had relayed (``delivered``) or had not (``resent``)."""
+
 
 class StageWorker:
     """One stage bound to its consumer group."""
 
     def __init__(self, bus: Bus, stage: Stage, *, batch_size: int = 32, max_retries: int = 5,
-                 backoff_s: float = 0.2, metrics: "Metrics | None" = None):
+                 backoff_s: float = 0.2, metrics: "Metrics | None" = None, crash_after_relayed: int | None = None):
         self.bus, self.stage, self.metrics = bus, stage, metrics or Metrics()
         self.batch_size, self.max_retries, self.backoff_s = batch_size, max_retries, backoff_s
         self.consumer_group = f"auditoryhum-{stage.name}"
+        recovered: OnRecover = lambda delivered, resent: self.metrics.recovered(stage.name, delivered, resent)  # noqa: E731
+        self.outbox = Outbox(stage.store, bus, on_recover=recovered, crash_after=crash_after_relayed) \
+            if stage.store is not None else None
+        if self.outbox is not None:
+            try:  # before this process writes anything: what is waiting was left by a predecessor
+                self.outbox.recover()
+            except BusError as exc:  # the broker is away: the first relay looks again
+                log.warning("%s: outbox recovery postponed: %s", stage.name, exc)
         self.consumer: Consumer = bus.subscribe(self.consumer_group, stage.consumes)
 
     def step(self, timeout_s: float = 0.0) -> int:
@@ -51,8 +65,8 @@ class StageWorker:
         try:
             with self.stage.transaction():
                 outs = self._handle(records)
-                self._publish(outs)
-                self.bus.flush()
+                self._emit(outs)
+            self.relay()
         except (BusError, TransientError) as exc:  # nothing is committed: the records come again, later
             kind = "bus" if isinstance(exc, BusError) else "transient"
             log.warning("%s: %s unavailable, %d records given back: %s", self.stage.name, kind, len(records), exc)
@@ -104,9 +118,19 @@ class StageWorker:
                 log.warning("%s: transient error, retry %d/%d: %s", self.stage.name, attempt, self.max_retries, exc)
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
-    def _publish(self, outs: Sequence[Out]) -> None:
+    def _emit(self, outs: Sequence[Out]) -> None:
+        """Inside the stage's transaction: into the outbox, or (a stage without state) onto the bus, durably."""
+        if self.outbox is not None:
+            self.outbox.put(outs)
+            return
         for out in outs:
             self.bus.publish(out.topic, out.key, out.message)
+        self.bus.flush()
+
+    def relay(self) -> None:
+        """Publish what the outbox holds (after the transaction that wrote it has committed)."""
+        if self.outbox is not None:
+            self.outbox.relay()
 
     def process(self, message: Message) -> list[Out]:
         """Handle one message outside the stream (a synchronous API call) with the same guarantees: the stage's
@@ -114,11 +138,12 @@ class StageWorker:
         return self.apply(lambda: self.stage.handle_batch([message])[0])
 
     def apply(self, change: Callable[[], list[Out]]) -> list[Out]:
-        """Run ``change`` on the stage's state and publish its outputs; the state commits once they are durable."""
+        """Run ``change`` on the stage's state and emit its outputs with it; they are relayed once it commits (by
+        the caller, when it holds the transaction)."""
         with self.stage.transaction():
             outs = change()
-            self._publish(outs)
-            self.bus.flush()
+            self._emit(outs)
+        self.relay()
         return outs
 
 

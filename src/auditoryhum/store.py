@@ -28,6 +28,7 @@ review_datasets = Table(
     Column("expected", Integer, nullable=True),
     Column("complete", Boolean, nullable=False, default=False),
     Column("sealed", Boolean, nullable=False, default=False),
+    Column("completed_at", Float, nullable=True),  # epoch seconds; a review deadline counts from here
 )
 
 # One row per clip that reached review. status: scored (awaiting the dataset's selection), pending (a task awaiting
@@ -82,6 +83,19 @@ cluster_labels = Table(
 )
 
 
+# The outputs of a state change, written in the same transaction as the change and relayed to the bus after it
+# commits (auditoryhum.outbox): a crash can never leave an output out, or out twice, relative to the state.
+outbox = Table(
+    "outbox_v1", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # relay order
+    Column("token", String, nullable=False, unique=True),  # the record's header on the bus: found again after a crash
+    Column("topic", String, nullable=False),
+    Column("key", String, nullable=False),
+    Column("payload_type", String, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+)
+
+
 class Store:
     """One database; ``sqlite://`` (the default) is a private in-memory database for the embedded mode."""
 
@@ -118,6 +132,10 @@ class Store:
                 yield conn
             finally:
                 self._local.conn = None
+
+    def in_transaction(self) -> bool:
+        """Whether this thread holds a transaction (whose changes are not committed yet)."""
+        return getattr(self._local, "conn", None) is not None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -49,6 +49,14 @@ class Consumer(Protocol):
 class Bus(Protocol):
     def publish(self, topic: str, key: str, message: Message) -> None: ...
 
+    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
+        """Publish an encoded record (``publish`` encodes, then calls this)."""
+        ...
+
+    def tail(self, topic: str, last: int) -> list[Record]:
+        """Up to the ``last`` newest records of each of the topic's partitions, read outside any consumer group."""
+        ...
+
     def flush(self) -> None:
         """Block until every published record is durable (a no-op in memory); raises :class:`BusError` if one
         could not be delivered."""

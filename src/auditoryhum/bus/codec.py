@@ -18,7 +18,12 @@ class CodecError(ValueError):
 
 
 def encode(message: Message) -> tuple[bytes, dict[str, str]]:
-    return message.SerializeToString(), {TYPE_HEADER: message.DESCRIPTOR.full_name, VERSION_HEADER: SCHEMA_VERSION}
+    return message.SerializeToString(), headers(message.DESCRIPTOR.full_name)
+
+
+def headers(type_name: str) -> dict[str, str]:
+    """The headers of a record carrying a serialized ``type_name``."""
+    return {TYPE_HEADER: type_name, VERSION_HEADER: SCHEMA_VERSION}
 
 
 def decode(value: bytes, headers: dict[str, str]) -> Message:

@@ -99,7 +99,9 @@ class KafkaBus:
         return self._local.pending
 
     def publish(self, topic: str, key: str, message: Message) -> None:
-        value, headers = encode(message)
+        self.publish_raw(topic, key, *encode(message))
+
+    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
         try:
             future = self._producer.send(topic, key=key.encode("utf-8"), value=value,
                                          headers=[(k, v.encode("utf-8")) for k, v in headers.items()])
@@ -115,6 +117,12 @@ class KafkaBus:
                 future.get(timeout=0)  # raises the send's error, if it failed
         except KafkaError as exc:
             raise BusError(f"records not delivered: {exc}") from exc
+
+    def tail(self, topic: str, last: int) -> list[Record]:
+        try:
+            return list(read_topics(self.bootstrap, [topic], last=last))
+        except KafkaError as exc:
+            raise BusError(f"cannot read {topic}: {exc}") from exc
 
     def subscribe(self, group: str, topics: Sequence[str]) -> "KafkaBusConsumer":
         return KafkaBusConsumer(self, group, topics)
@@ -313,9 +321,10 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
         pass
 
 
-def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.0) -> Iterable[Record]:
-    """Every record now on ``topics``, from the beginning to the end offsets seen at the start, outside any
-    consumer group (reading commits nothing and disturbs no service)."""
+def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.0,
+                last: int | None = None) -> Iterable[Record]:
+    """Every record now on ``topics``, from the beginning (or the ``last`` newest of each partition) to the end
+    offsets seen at the start, outside any consumer group (reading commits nothing and disturbs no service)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="auditoryhum-reader", enable_auto_commit=False,
                              group_id=None, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
                              max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
@@ -324,6 +333,10 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         ends = consumer.end_offsets(partitions)
+        if last is not None:
+            starts = consumer.beginning_offsets(partitions)
+            for tp in partitions:
+                consumer.seek(tp, max(starts[tp], ends[tp] - last))
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in partitions):
             if time.monotonic() > deadline:

@@ -54,7 +54,9 @@ class InMemoryBus:
         return self._topics[topic]
 
     def publish(self, topic: str, key: str, message: Message) -> None:
-        value, headers = encode(message)
+        self.publish_raw(topic, key, *encode(message))
+
+    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
         with self._lock:
             partitions = self._topic(topic)
             p = partition_for(key, len(partitions))
@@ -65,6 +67,12 @@ class InMemoryBus:
 
     def flush(self) -> None:
         pass
+
+    def tail(self, topic: str, last: int) -> list[Record]:
+        """What is retained of it: records every group has committed are gone (the bus lives in one process, so
+        nothing outlives it to look for them)."""
+        with self._lock:
+            return [r for part in self._topic(topic) for r in list(part.records)[-last:]]
 
     def subscribe(self, group: str, topics: Sequence[str]) -> "InMemoryConsumer":
         with self._lock:

@@ -68,6 +68,27 @@ def review_export(
     typer.echo(f"wrote {len(tasks)} tasks to {out / 'tasks.json'} and the config to {out / 'labeling_config.xml'}")
 
 
+@review_app.command("close")
+def review_close(
+    dataset: str = typer.Option(..., "--dataset", help="The dataset whose review ends now."),
+    review: str = REVIEW_ADDRESS,
+    token: Optional[str] = REVIEW_TOKEN,
+) -> None:
+    """End a dataset's human review: the tasks nobody decided keep the model's label, and the dataset's taxonomy
+    follows (once no correction awaits its score)."""
+    import grpc
+
+    from auditoryhum.service.client import ReviewClient
+
+    try:
+        with ReviewClient(review, token) as client:
+            answer = client.close_review(dataset)
+    except grpc.RpcError as exc:
+        typer.echo(f"{review}: {exc.code().name}: {exc.details()}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"dataset": dataset, "kept_model_label": answer.kept_model_label, "sealed": answer.sealed}))
+
+
 @review_app.command("import")
 def review_import(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A Label Studio JSON export of the project."),

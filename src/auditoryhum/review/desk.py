@@ -4,7 +4,9 @@ Label Studio import.
 A reviewer leases a task before deciding it, so two reviewers never work on the same clip; a lease lapses after
 ``lease_s`` and the task is free again. Taking a lease is one conditional UPDATE (free or expired → mine), atomic on
 SQLite and PostgreSQL alike, so it holds across processes sharing one database. A decision is applied by the stage's
-own handler through its worker: the task's state commits only once the decision's outputs are durable on the bus.
+own handler through its worker: the decision, the task's new state and the records they emit (the final label,
+the correction to score, the clip to label again, the decision itself) commit in one transaction, through the
+stage's outbox, and reach the bus after it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from sqlalchemy import and_, func, or_, select, update
 from auditoryhum import topics
 from auditoryhum.labels import parse_labels
 from auditoryhum.runner import StageWorker
+from auditoryhum.stages.base import Out
 from auditoryhum.stages.review import ACTIONS, FINAL, PENDING, RELABELLING, RESCORING, ReviewStage
-from auditoryhum.store import review_clips, review_decisions
+from auditoryhum.store import review_clips, review_datasets, review_decisions
 from auditoryhum.v1 import pipeline_pb2 as pb
 from auditoryhum.v1 import services_pb2 as api
 
@@ -34,6 +37,10 @@ class ReviewError(Exception):
 
 class TaskGone(ReviewError):
     """No pending task of that id: unknown, or decided already."""
+
+
+class NotComplete(ReviewError):
+    """The dataset still has clips to score: its review cannot be closed yet."""
 
 
 class LeaseHeld(ReviewError):
@@ -214,15 +221,37 @@ class ReviewDesk:
             outs = self.worker.process(decision)
             status = db.execute(select(review_clips.c.status).where(review_clips.c.task_id == decision.task_id)).scalar()
             # The decision itself goes on the bus for the record (its replay is ignored: the task is decided).
-            self.worker.bus.publish(topics.REVIEW_DECISIONS, row.clip_id, decision)
-            self.worker.bus.flush()
+            self.worker.outbox.put([Out(topics.REVIEW_DECISIONS, row.clip_id, decision)])
+        # Committed: the decision, the task's new state and their records together. Now the records go out.
+        self.worker.relay()
         finals = [o.message for o in outs if isinstance(o.message, pb.FinalLabel)]
         return Outcome(status, final_label=finals[0] if finals else None)
 
     def close(self, dataset: str) -> int:
-        """End a dataset's review: the tasks nobody decided keep the model's label. Returns how many."""
+        """End a dataset's review: the tasks nobody decided keep the model's label. Returns how many. ReviewError
+        (TaskGone for a dataset it never saw) while the dataset is not complete: tasks may still come."""
+        with self.store.transaction() as db:
+            state = db.execute(select(review_datasets).where(review_datasets.c.dataset == dataset)).first()
+            if state is None:
+                raise TaskGone(f"no dataset {dataset!r} in review")
+            if not state.complete:
+                scored = db.execute(select(func.count()).select_from(review_clips)
+                                    .where(review_clips.c.dataset == dataset)).scalar()
+                raise NotComplete(f"dataset {dataset!r} is not complete: {scored} of "
+                                  f"{state.expected if state.expected is not None else '?'} clips in; close it after")
         outs = self.worker.apply(lambda: self.stage.close_review(dataset))
         return sum(isinstance(o.message, pb.FinalLabel) for o in outs)
+
+    def sealed(self, dataset: str) -> bool:
+        with self.store.transaction() as db:
+            return bool(db.execute(select(review_datasets.c.sealed)
+                                   .where(review_datasets.c.dataset == dataset)).scalar())
+
+    def close_overdue(self, deadline_s: float, now: float | None = None) -> dict[str, int]:
+        """Close every review still open ``deadline_s`` after its tasks were issued (by the wall clock, as the
+        stage records it): dataset → labels kept."""
+        overdue = self.stage.overdue(deadline_s, time.time() if now is None else now)
+        return {dataset: self.close(dataset) for dataset in overdue}
 
     # ---------------------------------------------------------------------------------------------------------------
 

@@ -81,9 +81,26 @@ def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
             ui.start()
             stack.callback(ui.stop)
             log.info("review UI", extra={"url": ui.url})
+        if s.review_deadline_s:
+            stop = threading.Event()
+            thread = threading.Thread(target=_close_overdue, args=(desk, s.review_deadline_s, stop),
+                                      name="review-deadline", daemon=True)
+            thread.start()
+            stack.callback(thread.join)
+            stack.callback(stop.set)
         return [(rpc.add_ReviewServiceServicer_to_server, grpc_api.ReviewServicer(desk))]
 
     return stage, servicers
+
+
+def _close_overdue(desk: ReviewDesk, deadline_s: float, stop: threading.Event) -> None:
+    """Close each review that is still open ``deadline_s`` after its tasks were issued."""
+    while not stop.wait(min(deadline_s / 4, LAG_EVERY_S)):
+        try:
+            for dataset, kept in desk.close_overdue(deadline_s).items():
+                log.info("review deadline passed: closed", extra={"dataset": dataset, "kept_model_label": kept})
+        except Exception:  # noqa: BLE001 — a database or broker outage: the next round tries again
+            log.exception("closing overdue reviews failed; retrying")
 
 
 def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
@@ -127,7 +144,8 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
         stack.callback(bus.close)
         stage, servicers = WIRING[name](settings, Models(settings), stack)
         metrics.start(name, stage.consumes)
-        worker = StageWorker(bus, stage, batch_size=settings.batch_size, metrics=metrics.StageMetrics())
+        worker = StageWorker(bus, stage, batch_size=settings.batch_size, metrics=metrics.StageMetrics(),
+                             crash_after_relayed=settings.crash_after_relayed)
         stack.callback(worker.consumer.close)
         grpc_port, metrics_port = settings.ports(name)
         server, health, port = grpc_server.build_server(servicers(worker), port=grpc_port, host=settings.grpc_host,

@@ -61,6 +61,10 @@ class ReviewClient:
         return self._stub.SubmitDecision(services_pb2.SubmitDecisionRequest(decision=decision),
                                          timeout=self._timeout_s, metadata=self._metadata)
 
+    def close_review(self, dataset: str) -> services_pb2.CloseReviewResponse:
+        return self._stub.CloseReview(services_pb2.CloseReviewRequest(dataset=dataset), timeout=self._timeout_s,
+                                      metadata=self._metadata)
+
     def close(self) -> None:
         self._channel.close()
 

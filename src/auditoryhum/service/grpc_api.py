@@ -20,7 +20,7 @@ import grpc
 from auditoryhum import audio, topics
 from auditoryhum.backends import TextEmbedder
 from auditoryhum.errors import TransientError
-from auditoryhum.review.desk import LeaseHeld, ReviewDesk, ReviewError, TaskGone
+from auditoryhum.review.desk import LeaseHeld, NotComplete, ReviewDesk, ReviewError, TaskGone
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.base import Out
 from auditoryhum.stages.clusterer import ClustererStage
@@ -226,6 +226,13 @@ class ReviewServicer(api_grpc.ReviewServiceServicer):
     def GetStats(self, request: api.GetStatsRequest) -> api.GetStatsResponse:
         return api.GetStatsResponse(stats=self.desk.stats(request.dataset))
 
+    @_rpc
+    def CloseReview(self, request: api.CloseReviewRequest) -> api.CloseReviewResponse:
+        dataset = _dataset(request.dataset)
+        with _review_errors():
+            kept = self.desk.close(dataset)
+        return api.CloseReviewResponse(kept_model_label=kept, sealed=self.desk.sealed(dataset))
+
 
 @contextlib.contextmanager
 def _review_errors():
@@ -233,7 +240,7 @@ def _review_errors():
         yield
     except TaskGone as exc:
         raise _Abort(grpc.StatusCode.NOT_FOUND, str(exc)) from exc
-    except LeaseHeld as exc:
+    except (LeaseHeld, NotComplete) as exc:
         raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
     except ReviewError as exc:
         raise _invalid(str(exc)) from exc

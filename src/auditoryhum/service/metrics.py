@@ -33,6 +33,8 @@ CONSUMER_LAG = Gauge("auditoryhum_consumer_lag", "Records on the stage's input t
 CONSUMER_STALLS = Counter("auditoryhum_consumer_stalls", "Kafka consumers found stuck and rebuilt, by kind: heartbeat "
                           "(no heartbeat answered for a session), unjoined (no join completed), idle (held partitions "
                           "whose waiting records it never delivered)", ["stage", "kind"])
+OUTBOX_RECOVERED = Counter("auditoryhum_outbox_recovered", "Records a crashed (or failed) outbox relay left behind, "
+                           "by outcome: delivered (found on the bus, not sent again), resent", ["stage", "outcome"])
 STALL_KINDS = ("heartbeat", "unjoined", "idle")
 ERROR_KINDS = ("transient", "bus")
 
@@ -46,6 +48,8 @@ def start(stage: str, consumes: Sequence[str]) -> None:
         ERRORS.labels(stage, kind)
     for kind in STALL_KINDS:
         CONSUMER_STALLS.labels(stage, kind)
+    for outcome in ("delivered", "resent"):
+        OUTBOX_RECOVERED.labels(stage, outcome)
     DEAD_LETTERS.labels(stage)
     BATCH_SECONDS.labels(stage)
     CONSUMER_LAG.labels(stage).set(0)
@@ -65,3 +69,7 @@ class StageMetrics(runner.Metrics):
 
     def error(self, stage: str, kind: str) -> None:
         ERRORS.labels(stage, kind).inc()
+
+    def recovered(self, stage: str, delivered: int, resent: int) -> None:
+        OUTBOX_RECOVERED.labels(stage, "delivered").inc(delivered)
+        OUTBOX_RECOVERED.labels(stage, "resent").inc(resent)

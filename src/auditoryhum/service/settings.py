@@ -43,6 +43,14 @@ class ServiceSettings(Settings):
     ui_port: int = Field(8080, ge=0, le=65535, description="the review service's web UI (0: no UI)")
     review_auto_accept: bool = Field(True, description="selected clips keep the model's label unless a "
                                                        "reviewer decides (false: wait for decisions)")
+    review_deadline_s: float | None = Field(None, gt=0, description="a dataset's review closes this long after its "
+                                                                    "tasks were issued: undecided tasks keep the "
+                                                                    "model's label (default: wait for every decision, "
+                                                                    "or CloseReview)")
+    crash_after_relayed: int | None = Field(None, ge=1, description="fault point for delivery tests, never in "
+                                                                    "production: the process kills itself once this "
+                                                                    "many outbox records are out, before their rows "
+                                                                    "are deleted")
 
     def ports(self, service: str) -> tuple[int, int]:
         grpc_port, metrics_port = DEFAULT_PORTS[service]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Sequence
+from typing import TYPE_CHECKING, ContextManager, Sequence
 
 from google.protobuf.message import Message
 
 from auditoryhum import topics
 from auditoryhum.v1 import pipeline_pb2 as pb
+
+if TYPE_CHECKING:
+    from auditoryhum.store import Store
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Stage:
 
     name: str = "stage"
     consumes: tuple[str, ...] = ()
+    store: "Store | None" = None  # a stage with state: its outputs go through the store's outbox
 
     def handle(self, message: Message) -> list[Out]:
         raise NotImplementedError

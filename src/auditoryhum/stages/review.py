@@ -127,6 +127,13 @@ class ReviewStage(Stage):
             outs = [self._final(db, pb.Alignment.FromString(b)) for b in rows]
             return outs + self._seal(db, dataset)
 
+    def overdue(self, deadline_s: float, now: float) -> list[str]:
+        """Complete datasets whose review is still open ``deadline_s`` after their tasks were issued."""
+        with self.store.transaction() as db:
+            return list(db.execute(select(review_datasets.c.dataset).where(
+                review_datasets.c.complete.is_(True), review_datasets.c.sealed.is_(False),
+                review_datasets.c.completed_at <= now - deadline_s)).scalars())
+
     # -- handlers ---------------------------------------------------------------------------------------------------
 
     def _dataset(self, db: Connection, dataset: str):
@@ -189,7 +196,8 @@ class ReviewStage(Stage):
                           .where(review_clips.c.dataset == dataset)).scalar()
         if seen < state.expected:
             return []
-        db.execute(update(review_datasets).where(review_datasets.c.dataset == dataset).values(complete=True))
+        db.execute(update(review_datasets).where(review_datasets.c.dataset == dataset)
+                   .values(complete=True, completed_at=time.time()))
         rows = db.execute(select(review_clips.c.alignment).where(review_clips.c.dataset == dataset,
                                                                  review_clips.c.status == SCORED)
                           .order_by(review_clips.c.score, review_clips.c.clip_id)).scalars().all()

@@ -1,0 +1,125 @@
+"""The transactional outbox of a stateful stage (review, clusterer): its outputs become durable together with its
+state, then reach the bus exactly once.
+
+A state change and the records it emits are written in one database transaction (:meth:`Outbox.put`); nothing is
+published inside it. After the commit, :meth:`Outbox.relay` publishes the waiting records in order, each with a
+header carrying its row's token, waits until the broker has them all, and deletes their rows. So a crash
+- before the commit leaves neither the state nor the records (the input is read again and redone);
+- after the commit and before the records are out leaves the rows, which the next relay publishes;
+- after the records are out and before their rows are deleted leaves rows whose records are already on the bus.
+  The first relay of a process, and the first after a failed one (a flush that failed may have delivered part of
+  its batch), therefore reads the tail of each topic it has rows for and drops the rows whose token it finds
+  there (:meth:`Outbox.recover`), instead of publishing them a second time.
+
+The read-back is exact on topics this stage alone writes (final labels, review tasks, taxonomies): a record it
+relayed is among the last ``waiting rows + RECOVERY_MARGIN`` of its partition. On shared topics (clips, labels,
+dead letters) other producers may push it further back; a record sent twice there is one a consumer ignores anyway
+(every stage is idempotent by clip id).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import uuid
+from collections import Counter
+from typing import Callable, Sequence
+
+from sqlalchemy import delete, func, insert, select
+
+from auditoryhum.bus import Bus
+from auditoryhum.bus.codec import headers
+from auditoryhum.stages.base import Out
+from auditoryhum.store import Store, outbox
+
+log = logging.getLogger(__name__)
+TOKEN_HEADER = "outbox-token"
+BATCH = 500  # rows relayed per transaction
+RECOVERY_MARGIN = 1000  # records read back per partition beyond the waiting rows (other writers, other replicas)
+
+# (records already on the bus, records sent now) of a recovery, for the service's metrics.
+OnRecover = Callable[[int, int], None]
+
+
+class Outbox:
+    """``crash_after``: a fault point for the delivery tests, never set in production — once this many records
+    are out, the process is killed (SIGKILL) before their rows are deleted, mid-batch."""
+
+    def __init__(self, store: Store, bus: Bus, *, on_recover: OnRecover | None = None,
+                 crash_after: int | None = None):
+        self.store, self.bus = store, bus
+        self.on_recover = on_recover or (lambda delivered, resent: None)
+        self.crash_after, self.relayed = crash_after, 0
+        self._recovered = False
+        self._lock = threading.Lock()  # one relay at a time in this process (the stream and the gRPC threads)
+
+    def put(self, outs: Sequence[Out]) -> None:
+        """Write ``outs`` to the outbox, inside the caller's transaction on the store."""
+        if not outs:
+            return
+        if not self.store.in_transaction():
+            raise RuntimeError("Outbox.put belongs inside the state change's transaction")
+        with self.store.transaction() as db:
+            db.execute(insert(outbox), [dict(token=uuid.uuid4().hex, topic=o.topic, key=o.key,
+                                             payload_type=o.message.DESCRIPTOR.full_name,
+                                             payload=o.message.SerializeToString()) for o in outs])
+
+    def relay(self) -> int:
+        """Publish every waiting record, in order; returns how many. Called after the transaction that wrote them
+        has committed; inside one (a nested call) it does nothing, and the outermost caller relays. Raises
+        :class:`BusError` when the broker does not take them: the rows stay for the next relay."""
+        if self.store.in_transaction():
+            return 0
+        with self._lock:
+            if not self._recovered:
+                self.recover()
+            total = 0
+            try:
+                while n := self._relay_batch():
+                    total += n
+            except BaseException:
+                # Some of the batch may be on the bus although the flush failed: the next relay looks first.
+                self._recovered = False
+                raise
+            return total
+
+    def _relay_batch(self) -> int:
+        with self.store.transaction() as db:
+            # FOR UPDATE: replicas sharing a PostgreSQL database never relay the same rows.
+            rows = db.execute(select(outbox).order_by(outbox.c.seq).limit(BATCH).with_for_update()).all()
+            if not rows:
+                return 0
+            crash_at = None if self.crash_after is None else self.crash_after - self.relayed
+            for row in rows[:crash_at]:
+                self.bus.publish_raw(row.topic, row.key, row.payload,
+                                     {**headers(row.payload_type), TOKEN_HEADER: row.token})
+            self.bus.flush()
+            if crash_at is not None and crash_at <= len(rows):
+                log.critical("fault point: killed after %d relayed records, before their rows are deleted",
+                             self.crash_after)
+                os.kill(os.getpid(), signal.SIGKILL)
+            db.execute(delete(outbox).where(outbox.c.seq.in_([r.seq for r in rows])))
+        self.relayed += len(rows)
+        return len(rows)
+
+    def recover(self) -> tuple[int, int]:
+        """Drop the waiting rows whose records a crashed relay already published (found by token in each topic's
+        tail); the rest are sent by the relay. Returns (already on the bus, to send)."""
+        with self.store.transaction() as db:
+            waiting = Counter(dict(db.execute(select(outbox.c.topic, func.count()).group_by(outbox.c.topic)).all()))
+            found: set[str] = set()
+            for topic, n in waiting.items():
+                for record in self.bus.tail(topic, n + RECOVERY_MARGIN):
+                    if token := record.headers.get(TOKEN_HEADER):
+                        found.add(token)
+            delivered = db.execute(delete(outbox).where(outbox.c.token.in_(found))).rowcount if found else 0
+        self._recovered = True
+        resent = sum(waiting.values()) - delivered
+        if waiting:
+            log.warning("outbox: of the records left by a crash or a failed relay, %d were out already (not sent "
+                        "again), %d are sent now", delivered, resent)
+            self.on_recover(delivered, resent)
+        return delivered, resent
+
