@@ -18,7 +18,7 @@ BENCH_CLIPS ?= 1200
 KAFKA_LIB := deploy/kafka/lib/.installed
 HELM := .tools/helm
 
-.PHONY: setup apt venv proto run eval test kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test test-faults kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver $(HELM)  ## install everything a fresh machine needs
 
@@ -122,8 +122,11 @@ $(TINY_MODELS)/.built: scripts/build_tiny_models.py tests/tiny_models.py
 eval: $(GENERATED) $(EVAL)/.built $(TINY_MODELS)/.built  ## label quality on the evaluation set: lite, and paper on tiny models
 	$(PY) -m auditoryhum.quality.harness $(EVAL) --out out/eval --paper-models $(TINY_MODELS)
 
-test: $(GENERATED)  ## the whole test suite
-	$(PY) -m pytest -q
+test: $(GENERATED)  ## the whole test suite but the long fault and soak runs
+	$(PY) -m pytest -q -m "not faults"
+
+test-faults: $(GENERATED) $(KAFKA_LIB)  ## the long fault and soak runs (a 20k-clip soak with memory per service)
+	$(PY) -m pytest -q -s -m faults
 
 bench: $(GENERATED)  ## embedded-pipeline throughput on 10-s clips, against the model-only ceiling
 	$(PY) benchmarks/bench_pipeline.py --clips $(BENCH_CLIPS)

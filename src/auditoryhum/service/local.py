@@ -98,15 +98,16 @@ class LocalStack:
     def _pidfile(self, name: str) -> Path:
         return self.home / f"{name}.pid"
 
-    def start(self, name: str, wait_s: float = 120.0) -> subprocess.Popen:
-        """Start service ``name`` and wait until its gRPC health check says SERVING."""
-        process = self.spawn(name)
+    def start(self, name: str, wait_s: float = 120.0, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start service ``name`` (``env``: settings of this start only) and wait until its gRPC health check says
+        SERVING."""
+        process = self.spawn(name, env)
         self.wait_serving(name, wait_s, process)
         return process
 
-    def spawn(self, name: str) -> subprocess.Popen:
+    def spawn(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         i = SERVICES.index(name)
-        env = {**os.environ, **self.env,
+        env = {**os.environ, **self.env, **(env or {}),
                "AUDITORYHUM_BOOTSTRAP": self.bootstrap, "AUDITORYHUM_GRPC_PORT": str(self.port_base + i),
                "AUDITORYHUM_METRICS_PORT": str(self.metrics_base + i), "AUDITORYHUM_INSTANCE_ID": name,
                "AUDITORYHUM_STATE_DIR": str(self.home / "state"), "AUDITORYHUM_UI_PORT": str(self.ui_port)}
