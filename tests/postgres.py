@@ -43,9 +43,9 @@ class PostgresServer:
         self.data, self.log = self.home / "data", self.home / "server.log"
         self._run("initdb", "-D", str(self.data), "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C",
                   "--no-sync")
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.home} -F -c full_page_writes=off"
+        self.options = f"-h 127.0.0.1 -p {self.port} -k {self.home} -F -c full_page_writes=off"
         try:
-            self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+            self.start()
         except RuntimeError as exc:
             log = self.log.read_text() if self.log.exists() else ""
             shutil.rmtree(self.home, ignore_errors=True)
@@ -54,9 +54,23 @@ class PostgresServer:
 
     def __exit__(self, *exc) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self.stop()
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
+
+    def start(self) -> None:
+        """Start the server; returns once it accepts connections."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "immediate") -> None:
+        """``immediate``: as a crash, every connection cut mid-statement; ``fast``: sessions terminated, in-flight
+        transactions rolled back."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, mode: str = "immediate") -> None:
+        """Stop the server (see :meth:`stop`) and start it again; returns once it accepts connections."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-m", mode, "-w", "-t", "60",
+                  "restart")
 
     def url(self) -> str:
         return f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/postgres"

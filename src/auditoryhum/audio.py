@@ -1,7 +1,9 @@
 """Reading audio for the models: any file libsndfile decodes → mono float32 at the model's rate.
 
 Every way a file can be unusable raises :class:`AudioError` with a reason a person can act on; the stages
-turn it into a dead letter instead of stopping the run.
+turn it into a dead letter instead of stopping the run. An object store that cannot be reached now (refused, reset,
+timed out, overloaded) is not the file's fault: that raises :class:`~auditoryhum.errors.TransientError` of class
+storage, and the record is retried.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import fsspec
 import numpy as np
 import soundfile as sf
 import soxr
+
+from auditoryhum.errors import STORAGE, TransientError, transient_kind
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"})
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -95,15 +99,26 @@ def _read_url(url: str, limits: AudioLimits) -> bytes:
     try:
         fs, key = fsspec.core.url_to_fs(url)
         size = fs.size(key)
-    except (OSError, ValueError, ImportError) as exc:  # missing object, unknown protocol, driver not installed
-        raise AudioError(f"cannot open: {_short(exc)}") from exc
+    except Exception as exc:  # missing object, unknown protocol, driver not installed; or the store is away
+        raise _url_error("cannot open", exc) from exc
     if size is not None:
         _check_size(size, limits)
     try:
         with fs.open(key, "rb") as f:
             return f.read(limits.max_file_bytes + 1)  # a store that gives no size still cannot overrun the limit
-    except (OSError, ValueError) as exc:
-        raise AudioError(f"cannot read: {_short(exc)}") from exc
+    except Exception as exc:
+        raise _url_error("cannot read", exc) from exc
+
+
+def _url_error(what: str, exc: Exception) -> Exception:
+    """A store that is away for now is transient (the clip is retried later); anything else is this clip's fault.
+    Drivers raise their own errors (aiohttp's, botocore's) besides OSError, so every error is sorted here."""
+    if transient_kind(exc):
+        cause = exc
+        while cause.__cause__ is not None:  # the network's own words, not the wrapper's "file not found"
+            cause = cause.__cause__
+        return TransientError(f"storage: {what}: {_short(cause)}", kind=STORAGE)
+    return AudioError(f"{what}: {_short(exc)}")
 
 
 def _check_size(size: int, limits: AudioLimits) -> None:

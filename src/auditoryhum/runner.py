@@ -3,8 +3,10 @@
 Acknowledging only after the outputs are published gives at-least-once delivery; the handlers are idempotent,
 so a replay never duplicates a final record. A stage with state (a store) writes its outputs to the store's
 outbox in the transaction that changes its state, and they are relayed once it commits (:mod:`auditoryhum.outbox`):
-state and outputs are durable together, and a crash anywhere sends no output twice. Nothing is dropped: a record that cannot be decoded or that makes
-its handler fail becomes a dead letter with the reason; a transient back-end error is retried with backoff.
+state and outputs are durable together, and a crash anywhere sends no output twice. Nothing is dropped: a record
+that cannot be decoded or that makes its handler fail becomes a dead letter with the reason; a transient error
+(:func:`~auditoryhum.errors.transient_kind`: a database, an object store or a model server that is away for now) is
+retried with backoff, and if it outlasts the retries the batch is given back, never dead-lettered.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from google.protobuf.message import Message
 
 from auditoryhum.bus import Bus, BusError, Consumer, Record
 from auditoryhum.bus.codec import TYPE_HEADER, CodecError
-from auditoryhum.errors import TransientError
+from auditoryhum.errors import DATABASE, transient_kind
 from auditoryhum.outbox import Outbox, OnRecover
 from auditoryhum.stages.base import Out, Stage, dead_letter
 
@@ -42,9 +44,12 @@ class StageWorker:
     """One stage bound to its consumer group."""
 
     def __init__(self, bus: Bus, stage: Stage, *, batch_size: int = 32, max_retries: int = 5,
-                 backoff_s: float = 0.2, metrics: "Metrics | None" = None, crash_after_relayed: int | None = None):
+                 backoff_s: float = 0.2, max_backoff_s: float = 10.0, metrics: "Metrics | None" = None,
+                 crash_after_relayed: int | None = None):
         self.bus, self.stage, self.metrics = bus, stage, metrics or Metrics()
         self.batch_size, self.max_retries, self.backoff_s = batch_size, max_retries, backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._given_back = 0  # batches given back in a row: the backoff grows while a back-end stays away
         self.consumer_group = f"auditoryhum-{stage.name}"
         recovered: OnRecover = lambda delivered, resent: self.metrics.recovered(stage.name, delivered, resent)  # noqa: E731
         self.outbox = Outbox(stage.store, bus, on_recover=recovered, crash_after=crash_after_relayed) \
@@ -67,14 +72,19 @@ class StageWorker:
                 outs = self._handle(records)
                 self._emit(outs)
             self.relay()
-        except (BusError, TransientError) as exc:  # nothing is committed: the records come again, later
-            kind = "bus" if isinstance(exc, BusError) else "transient"
+        except Exception as exc:  # a back-end away, at COMMIT or in the relay too: the records come again (a
+            # committed batch replays as a no-op, and its outbox rows wait for the next relay)
+            kind = "bus" if isinstance(exc, BusError) else transient_kind(exc)
+            if kind is None:
+                raise
             log.warning("%s: %s unavailable, %d records given back: %s", self.stage.name, kind, len(records), exc)
             for record in records:
                 self.consumer.nack(record)
             self.metrics.error(self.stage.name, kind)
-            time.sleep(self.backoff_s)
+            self._given_back += 1
+            time.sleep(self._backoff(self._given_back))
             return 0
+        self._given_back = 0
         for record in records:
             self.consumer.ack(record)
         self.metrics.batch(self.stage.name, records, outs, time.perf_counter() - started)
@@ -97,9 +107,9 @@ class StageWorker:
     def _run(self, messages: Sequence, records: Sequence[Record]) -> list[list[Out]]:
         try:
             return self._with_retries(messages)
-        except TransientError:
-            raise  # still failing after the retries: a back-end is down, not a bad record; never a dead letter
         except Exception as exc:  # noqa: BLE001 — the last line of defence: the record is kept, with the reason
+            if transient_kind(exc):
+                raise  # still failing after the retries: a back-end is down, not a bad record; never a dead letter
             if len(messages) > 1:  # isolate the failing record so the rest of the batch goes through
                 return [self._run([m], [r])[0] for m, r in zip(messages, records)]
             log.exception("%s failed on a %s", self.stage.name, records[0].headers.get(TYPE_HEADER))
@@ -111,12 +121,21 @@ class StageWorker:
             try:
                 with self.stage.transaction():  # nested: a failed attempt leaves no state behind
                     return self.stage.handle_batch(messages)
-            except TransientError as exc:
-                if attempt == self.max_retries:
+            except Exception as exc:
+                kind = transient_kind(exc)
+                # A database error ends the enclosing transaction too (connection lost, transaction aborted): only a
+                # new one can retry, so the batch goes back to step, which gives it back. The last attempt's error
+                # is counted there as well.
+                if kind is None or kind == DATABASE or attempt == self.max_retries:
                     raise
                 attempt += 1
-                log.warning("%s: transient error, retry %d/%d: %s", self.stage.name, attempt, self.max_retries, exc)
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                self.metrics.error(self.stage.name, kind)
+                log.warning("%s: %s error, retry %d/%d: %s", self.stage.name, kind, attempt, self.max_retries, exc)
+                time.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait before the ``attempt``-th retry: doubling from ``backoff_s``, at most ``max_backoff_s``."""
+        return min(self.max_backoff_s, self.backoff_s * 2 ** min(attempt - 1, 32))  # a long outage: no overflow
 
     def _emit(self, outs: Sequence[Out]) -> None:
         """Inside the stage's transaction: into the outbox, or (a stage without state) onto the bus, durably."""

@@ -5,8 +5,9 @@ stage cannot tell them apart. Every backend of a process shares one gRPC client 
 thread-safe; Triton's HTTP client is not). Work is split into requests that are sent together (``async_infer``),
 so the server's dynamic batcher merges them with other callers' into one model call.
 
-Errors: a server that is away, a model that is not loaded and a timeout raise :class:`TransientError` (the runner
-retries the record later, never dead-letters it); a request the server rejects as bad raises ``ValueError``.
+Errors: a server that is away, busy or failing inside (INTERNAL), a model that is not loaded and a timeout raise
+:class:`TransientError` of class model-server (the runner retries the record later, never dead-letters it); a
+request the server rejects as bad raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ from auditoryhum.backends import features, yamnet
 from auditoryhum.backends.clap import CLAP_RATE, resample_for_clap
 from auditoryhum.backends.mllm import PROMPT_ID
 from auditoryhum.backends.text import embedder_id
-from auditoryhum.errors import TransientError
+from auditoryhum.errors import MODEL_SERVER, TransientError
 
 # The model repository of a source checkout: the configurations that load() overrides.
 REPOSITORY = Path(__file__).resolve().parents[3] / "deploy" / "triton" / "models"
 
 # Codes meaning "not now": the server is down or restarting, the model is not loaded (yet), a timeout.
-TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.DEADLINE_EXCEEDED",
-             "StatusCode.CANCELLED"}
+UNREACHABLE = {"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.DEADLINE_EXCEEDED",
+               "StatusCode.CANCELLED"}
+# An inference may also fail for now inside the server: out of memory or queue room (RESOURCE_EXHAUSTED), a
+# backend's or the GPU's failure (INTERNAL; the models here answer a bad input with INVALID_ARGUMENT). A model that
+# fails to load with INTERNAL stays a configuration error.
+TRANSIENT = UNREACHABLE | {"StatusCode.INTERNAL", "StatusCode.RESOURCE_EXHAUSTED"}
 # Codes meaning "never": this input is wrong and retrying it cannot help.
-BAD_INPUT = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "StatusCode.RESOURCE_EXHAUSTED"}
+BAD_INPUT = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE"}
 
 _MAX_MESSAGE = 2**31 - 1
 # tritonclient's defaults plus a short reconnect backoff: gRPC's own grows to 2 minutes, so a client would stay
@@ -67,7 +72,7 @@ def _error(model: str, exc: InferenceServerException) -> Exception:
     status, message = exc.status() or "", exc.message() or str(exc)
     text = f"triton {model}: {message}"
     if status in TRANSIENT:
-        return TransientError(text)
+        return TransientError(text, kind=MODEL_SERVER)
     if status in BAD_INPUT:
         return ValueError(text)
     return RuntimeError(text)
@@ -162,8 +167,8 @@ class TritonClient:
         try:
             self._client.load_model(model, config=override, client_timeout=timeout_s)
         except InferenceServerException as exc:
-            if exc.status() in TRANSIENT:
-                raise TransientError(f"triton at {self.url}: {exc.message()}") from exc
+            if exc.status() in UNREACHABLE:
+                raise TransientError(f"triton at {self.url}: {exc.message()}", kind=MODEL_SERVER) from exc
             raise RuntimeError(f"triton: loading {model} failed: {exc.message()}") from exc
 
     def unload(self, model: str) -> None:
@@ -184,7 +189,8 @@ class TritonClient:
             if not pending:
                 return
             if time.monotonic() >= deadline:
-                raise TransientError(f"triton at {self.url}: not ready after {timeout:g}s: {', '.join(pending)}")
+                raise TransientError(f"triton at {self.url}: not ready after {timeout:g}s: {', '.join(pending)}",
+                                     kind=MODEL_SERVER)
             time.sleep(0.2)
 
     def _ready(self, model: str) -> bool:

@@ -1,9 +1,10 @@
 """The synchronous gRPC APIs of the four services: thin servicers over the stages' own handlers.
 
 A servicer checks the request, hands it to the stage exactly as the stream worker would, and maps the outcome to
-a status: INVALID_ARGUMENT names the bad field, NOT_FOUND / FAILED_PRECONDITION say what is missing, a
-:class:`TransientError` of a model back-end is UNAVAILABLE (retry), and a call whose deadline has already passed
-is refused with DEADLINE_EXCEEDED before any model runs.
+a status: INVALID_ARGUMENT names the bad field, NOT_FOUND / FAILED_PRECONDITION say what is missing, a transient
+error (:func:`~auditoryhum.errors.transient_kind`: a model server, database or object store away for now) is
+UNAVAILABLE (retry), and a call whose deadline has already passed is refused with DEADLINE_EXCEEDED before any model
+runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import grpc
 
 from auditoryhum import audio, topics
 from auditoryhum.backends import TextEmbedder
-from auditoryhum.errors import TransientError
+from auditoryhum.errors import transient_kind
 from auditoryhum.review.desk import LeaseHeld, NotComplete, ReviewDesk, ReviewError, TaskGone
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.base import Out
@@ -58,8 +59,10 @@ def _rpc(method):
             return method(self, request)
         except _Abort as exc:
             context.abort(exc.code, exc.details)
-        except TransientError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"a back-end is unavailable, retry later: {exc}")
+        except Exception as exc:
+            if (kind := transient_kind(exc)) is None:
+                raise
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"a back-end is unavailable ({kind}), retry later: {exc}")
 
     return call
 

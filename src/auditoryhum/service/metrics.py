@@ -10,7 +10,7 @@ from typing import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from auditoryhum import runner, topics
+from auditoryhum import errors, runner, topics
 from auditoryhum.bus import Record
 from auditoryhum.stages.base import Out
 
@@ -25,8 +25,9 @@ GRPC_SECONDS = Histogram("auditoryhum_grpc_request_seconds", "Time to handle a g
 RECORDS_IN = Counter("auditoryhum_records_in", "Records consumed by a stage worker", ["stage", "topic"])
 RECORDS_OUT = Counter("auditoryhum_records_out", "Records published by a stage worker", ["stage", "topic"])
 DEAD_LETTERS = Counter("auditoryhum_dead_letters", "Dead letters published by a stage worker", ["stage"])
-ERRORS = Counter("auditoryhum_errors", "Failures of a stage worker, by kind (e.g. transient, bus, handler)",
-                 ["stage", "kind"])
+ERRORS = Counter("auditoryhum_errors", "Transient failures of a stage worker, retried or given back, by class: bus "
+                 "(Kafka), database, storage (an object store), model-server (Triton), transient (a back-end of no "
+                 "named class)", ["stage", "kind"])
 BATCH_SECONDS = Histogram("auditoryhum_batch_seconds", "Time to handle one batch and publish its outputs", ["stage"],
                           buckets=SECONDS_BUCKETS)
 CONSUMER_LAG = Gauge("auditoryhum_consumer_lag", "Records on the stage's input topics not yet consumed", ["stage"])
@@ -36,7 +37,7 @@ CONSUMER_STALLS = Counter("auditoryhum_consumer_stalls", "Kafka consumers found 
 OUTBOX_RECOVERED = Counter("auditoryhum_outbox_recovered", "Records a crashed (or failed) outbox relay left behind, "
                            "by outcome: delivered (found on the bus, not sent again), resent", ["stage", "outcome"])
 STALL_KINDS = ("heartbeat", "unjoined", "idle")
-ERROR_KINDS = ("transient", "bus")
+ERROR_KINDS = ("bus", errors.DATABASE, errors.STORAGE, errors.MODEL_SERVER, errors.TRANSIENT)
 
 
 def start(stage: str, consumes: Sequence[str]) -> None:

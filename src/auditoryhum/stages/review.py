@@ -43,8 +43,11 @@ from auditoryhum.stages.labeler import HINT_KEY
 from auditoryhum.store import Store, review_clips, review_datasets, review_decisions
 from auditoryhum.v1 import pipeline_pb2 as pb
 
-# Dead letters from these stages mean a clip will never reach review: they count towards dataset completion.
+# Dead letters from these stages mean a clip will never reach review: they count towards dataset completion. So
+# does review's own dead letter of an alignment (its handler failed on it for good); one of a decision does not:
+# the task stays pending.
 UPSTREAM_STAGES = frozenset({"ingest", "labeler", "aligner"})
+ALIGNMENT_TYPE = pb.Alignment.DESCRIPTOR.full_name
 SCORED, PENDING, RESCORING, RELABELLING = "scored", "pending", "rescoring", "relabelling"
 FINAL, REMOVED, DEAD = "final", "removed", "dead"
 ACTIONS = {pb.REVIEW_ACTION_ACCEPT: "accept", pb.REVIEW_ACTION_CORRECT: "correct",
@@ -175,7 +178,8 @@ class ReviewStage(Stage):
         return outs + self._progress(db, clip.dataset)
 
     def _on_dead_letter(self, db: Connection, letter: pb.DeadLetter) -> list[Out]:
-        if letter.stage not in UPSTREAM_STAGES or not letter.clip_id:
+        own = letter.stage == self.name and letter.payload_type == ALIGNMENT_TYPE
+        if not (letter.stage in UPSTREAM_STAGES or own) or not letter.clip_id:
             return []
         self._dataset(db, letter.dataset)
         status = self._status(db, letter.dataset, letter.clip_id)
