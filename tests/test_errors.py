@@ -275,6 +275,20 @@ def test_the_labeler_waits_out_an_object_store_outage_and_dead_letters_nothing(m
     assert letters.poll(100) == [] and bus.lag(worker.consumer_group) == 0
 
 
+def test_retries_back_off_doubling_up_to_the_cap(models):
+    bus = InMemoryBus()
+    worker = StageWorker(bus, LabelerStage(models.labeler, audio_loader(Settings())), max_retries=4, backoff_s=0.1,
+                         max_backoff_s=0.2)
+    uri = f"http://127.0.0.1:{closed_port()}/c.wav"
+    bus.publish(topics.CLIPS, "c", pb.Clip(clip_id="c", dataset="remote", uri=uri))
+    assert worker.step() == 0  # the first call also sets up fsspec's HTTP client: not timed
+    started = time.perf_counter()
+    assert worker.step() == 0
+    # 0.1 + 0.2 + 0.2 + 0.2 between the five attempts, 0.2 after giving the batch back a second time: 0.9 s. Without
+    # the doubling it would be 0.5 s; without the cap, 1.7 s.
+    assert 0.85 < time.perf_counter() - started < 1.4
+
+
 # -- model servers --------------------------------------------------------------------------------------------------
 
 

@@ -7,16 +7,14 @@ a model server that is busy or restarting. Those are retried with backoff and ne
 (a missing or unreadable file, a refused request, a bug) is permanent: the record becomes a dead letter with the
 reason. :func:`transient_kind` says which, and of which class, for the metric per class.
 
-Third-party errors (aiohttp, botocore, gcsfs, psycopg) are recognised only once their library is loaded: an error
-of a library that was never imported cannot occur, so nothing here imports it.
+Third-party errors (SQLAlchemy, psycopg, aiohttp, botocore, gcsfs) are recognised by their attributes or once their
+library is loaded: an error of a library that was never imported cannot occur, so nothing here imports it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import sys
-
-from sqlalchemy.exc import DBAPIError
 
 DATABASE, STORAGE, MODEL_SERVER = "database", "storage", "model-server"
 TRANSIENT = "transient"  # a TransientError raised without a class
@@ -40,14 +38,14 @@ class TransientError(RuntimeError):
 
 def transient_kind(exc: BaseException) -> str | None:
     """The class of a transient error, or None when ``exc`` is permanent. The chain of causes is searched too:
-    wrappers keep the error that explains them there (SQLAlchemy its driver's error, fsspec the network error
-    behind its FileNotFoundError)."""
+    wrappers raise from the error that explains them (SQLAlchemy from its driver's error, fsspec from the network
+    error behind its FileNotFoundError)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if kind := _kind(exc):
             return kind
-        exc = exc.__cause__ or getattr(exc, "orig", None)
+        exc = exc.__cause__
     return None
 
 
@@ -62,15 +60,14 @@ def _kind(exc: BaseException) -> str | None:
 
 
 def _database(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # SQLAlchemy saw the connection drop
+    if getattr(exc, "connection_invalidated", False) is True:  # SQLAlchemy's DBAPIError: the connection dropped
         return True
-    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)  # psycopg 3, psycopg2
+    state = getattr(exc, "sqlstate", None)  # psycopg's errors carry the server's SQLSTATE
     if isinstance(state, str) and state:
         return state.startswith("08") or state in _RETRY_SQLSTATES
-    for name in ("psycopg", "psycopg2"):  # no SQLSTATE: the client could not reach the server, or lost it
-        driver = sys.modules.get(name)
-        if driver is not None and isinstance(exc, driver.OperationalError):
-            return True
+    psycopg = sys.modules.get("psycopg")  # no SQLSTATE: the client could not reach the server, or lost it
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        return True
     if isinstance(exc, sqlite3.OperationalError):  # another connection holds the write lock
         code = getattr(exc, "sqlite_errorname", "")
         return code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
