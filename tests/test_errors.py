@@ -357,7 +357,7 @@ def test_review_on_postgresql_loses_a_commit_and_a_server_mid_stream_and_labels_
         feed(bus, dataset, alignments(dataset, n))
         with admin(url) as db:
             # Fault 1, PostgreSQL gone at COMMIT: a deferred trigger ends its own session while the transaction that
-            # records the 40th clip commits (before the dataset is complete, when a batch emits nothing).
+            # records the 40th clip commits.
             db.execute("CREATE SEQUENCE clips_committed")
             db.execute("""CREATE FUNCTION lose_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
                           IF nextval('clips_committed') = 40 THEN PERFORM pg_terminate_backend(pg_backend_pid());
