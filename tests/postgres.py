@@ -54,13 +54,19 @@ class PostgresServer:
 
     def __exit__(self, *exc) -> None:
         try:
-            self.stop()
+            if self.running():  # a fault test may have left it stopped
+                self.stop()
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
 
     def start(self) -> None:
         """Start the server; returns once it accepts connections."""
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "-t", "60", "start")
+
+    def running(self) -> bool:
+        done = subprocess.run([*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.data), "status"],
+                              capture_output=True, timeout=30)
+        return done.returncode == 0
 
     def stop(self, mode: str = "immediate") -> None:
         """``immediate``: as a crash, every connection cut mid-statement; ``fast``: sessions terminated, in-flight

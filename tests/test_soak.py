@@ -83,7 +83,7 @@ def test_20k_clips_exactly_once_with_flat_memory(stack, tmp_path, capsys):
     samples = sampler.samples
     # While the clips stream (review has not yet seen them all): the dataset's completion then selects and emits
     # every final label at once, a burst that belongs to the dataset's size, not to a leak (the peak column).
-    streaming = [s for s in samples if s[0] < CLIPS]
+    streaming = [s for s in samples if s[0] < 0.98 * CLIPS]
     assert len(streaming) >= 20, "too few memory samples to judge"
     warm = streaming[len(streaming) // 2:]  # the second half: models loaded, caches full, batches steady
     rows = []
