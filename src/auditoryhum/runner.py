@@ -153,7 +153,7 @@ class StageWorker:
 
     def process(self, message: Message) -> list[Out]:
         """Handle one message outside the stream (a synchronous API call) with the same guarantees: the stage's
-        state commits only once the outputs are durable on the bus."""
+        state and its outputs commit together, and the outputs are relayed after."""
         return self.apply(lambda: self.stage.handle_batch([message])[0])
 
     def apply(self, change: Callable[[], list[Out]]) -> list[Out]:

@@ -1,8 +1,9 @@
 """Durable state of the set-wise stages (review, clusterer): SQLite by default, PostgreSQL by URL (SQLAlchemy).
 
-A stage's state changes inside :meth:`Store.transaction`, which the runner holds open while it publishes the
-outputs: state commits only once its outputs are durable on the bus. A crash before that rolls the state back
-and the replayed input redoes the work; a crash after it finds the state done and emits nothing twice.
+A stage's state changes inside :meth:`Store.transaction`, which the runner holds open while it writes the outputs
+to the same database's outbox (:mod:`auditoryhum.outbox`): state and outputs commit together and are relayed to
+the bus after. A crash before the commit rolls both back and the replayed input redoes the work; a crash after it
+finds the state done and the outputs waiting, and sends each of them once.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ class Stage:
         return [self.handle(m) for m in messages]
 
     def transaction(self) -> ContextManager:
-        """Held by the runner around handling a batch and publishing its outputs; stateful stages commit their
-        state in it, so state never runs ahead of the outputs that are durable on the bus."""
+        """Held by the runner around handling a batch and emitting its outputs; stateful stages commit their state
+        in it, together with their outputs (written to the store's outbox, relayed once it commits)."""
         return nullcontext()
 
 
