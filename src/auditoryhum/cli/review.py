@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +21,18 @@ review_app = typer.Typer(no_args_is_help=True, help="Review tasks out to Label S
 REVIEW_ADDRESS = typer.Option("127.0.0.1:50053", "--review", help="The review service's gRPC address (HOST:PORT).")
 REVIEW_TOKEN = typer.Option(None, "--token", envvar="AUDITORYHUM_AUTH_TOKEN", show_envvar=True,
                             help="The service's bearer token, when it has one.")
+
+
+@contextmanager
+def service_errors(address: str) -> Iterator[None]:
+    """A call the service refuses or cannot answer ends the command with its status and words."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        typer.echo(f"{address}: {exc.code().name}: {exc.details()}", err=True)
+        raise typer.Exit(1) from None
 
 
 @review_app.command("export")
@@ -38,8 +51,6 @@ def review_export(
     (labeling_config.xml)."""
     from urllib.parse import quote
 
-    import grpc
-
     from auditoryhum.review.labelstudio import export_tasks, labeling_config, task_view
     from auditoryhum.service.client import ReviewClient
 
@@ -55,12 +66,8 @@ def review_export(
             return f"{audio_base_url.rstrip('/')}/tasks/{quote(view.task_id, safe='')}/audio"
         return Path(view.uri).as_uri() if view.uri.startswith("/") else view.uri
 
-    try:
-        with ReviewClient(review, token) as client:
-            tasks = client.pending(dataset)
-    except grpc.RpcError as exc:
-        typer.echo(f"{review}: {exc.code().name}: {exc.details()}", err=True)
-        raise typer.Exit(1) from None
+    with service_errors(review), ReviewClient(review, token) as client:
+        tasks = client.pending(dataset)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tasks.json").write_text(json.dumps(export_tasks(map(task_view, tasks), audio_url), indent=1,
                                                ensure_ascii=False), encoding="utf-8")
@@ -76,16 +83,10 @@ def review_close(
 ) -> None:
     """End a dataset's human review: the tasks nobody decided keep the model's label, and the dataset's taxonomy
     follows (once no correction awaits its score)."""
-    import grpc
-
     from auditoryhum.service.client import ReviewClient
 
-    try:
-        with ReviewClient(review, token) as client:
-            answer = client.close_review(dataset)
-    except grpc.RpcError as exc:
-        typer.echo(f"{review}: {exc.code().name}: {exc.details()}", err=True)
-        raise typer.Exit(1) from None
+    with service_errors(review), ReviewClient(review, token) as client:
+        answer = client.close_review(dataset)
     typer.echo(json.dumps({"dataset": dataset, "kept_model_label": answer.kept_model_label, "sealed": answer.sealed}))
 
 
