@@ -28,7 +28,7 @@ def test_every_hop_has_a_message_and_every_service_its_methods():
     assert services == {
         "LabelerService": {"LabelClips"},
         "AlignerService": {"Score"},
-        "ReviewService": {"ListTasks", "GetTask", "SubmitDecision", "GetStats"},
+        "ReviewService": {"ListTasks", "GetTask", "SubmitDecision", "GetStats", "CloseReview"},
         "ClustererService": {"BuildTaxonomy", "GetTaxonomy", "Classify"},
     }
     assert hasattr(services_pb2_grpc, "add_ClustererServiceServicer_to_server")
