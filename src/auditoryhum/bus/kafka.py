@@ -27,22 +27,30 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Every blocking call into kafka-python is bounded by this: without a timeout some of them wait forever.
 REQUEST_TIMEOUT_MS = 15_000
+# kafka-python 3.0 backs off reconnecting to a broker exponentially up to 30 s (the Java client: 1 s). After a
+# broker outage a client then waits up to 30 s more before it tries again; meanwhile its fetcher skips that broker
+# ("awaiting reconnect backoff"), so a consumer that has rejoined its group holds partitions and delivers nothing.
+RECONNECT = {"reconnect_backoff_ms": 50, "reconnect_backoff_max_ms": 1_000}
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, replication_factor: int | None = None,
+                  timeout_s: float = 30.0) -> list[str]:
     """Create the topics that are missing and wait until every one has a leader (services starting side by side
-    race to create them); returns those this call created. Existing topics are left as they are."""
+    race to create them); returns those this call created. Existing topics are left as they are.
+    ``replication_factor``: replicas of each partition; None takes the brokers' ``default.replication.factor``
+    (their ``min.insync.replicas`` applies either way)."""
     topics = sorted(set(topics))
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-admin",
-                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
+                                 **RECONNECT)
     except KafkaError as exc:
         raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         created = []
         for topic in sorted(set(topics) - set(admin.list_topics())):
             try:
-                admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1,
+                admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": replication_factor or -1,
                                              "configs": {"max.message.bytes": str(MAX_MESSAGE_BYTES)}}})
                 created.append(topic)
             except TopicAlreadyExistsError:  # another service won the race
@@ -87,7 +95,7 @@ class KafkaBus:
             self._producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                                            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
                                            enable_idempotence=True, linger_ms=linger_ms,
-                                           max_request_size=MAX_MESSAGE_BYTES, compression_type=None)
+                                           max_request_size=MAX_MESSAGE_BYTES, compression_type=None, **RECONNECT)
         except KafkaError as exc:
             raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
         self._local = threading.local()  # each thread flushes (and checks) its own sends
@@ -151,7 +159,8 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=bus.session_timeout_ms, heartbeat_interval_ms=bus.session_timeout_ms // 4,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-                metadata_max_age_ms=10_000, **extra)  # sees new partitions within seconds, not 5 minutes
+                metadata_max_age_ms=10_000,  # sees new partitions within seconds, not 5 minutes
+                **RECONNECT, **extra)
             # Partition metadata first, so the first assignment usually covers every partition (on a fresh broker a
             # second rebalance can follow at once: see _keep_join_alive).
             for topic in self.topics:
@@ -327,7 +336,7 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
     offsets seen at the start, outside any consumer group (reading commits nothing and disturbs no service)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="auditoryhum-reader", enable_auto_commit=False,
                              group_id=None, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
-                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **RECONNECT)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(partitions)
@@ -355,7 +364,8 @@ def group_lag(bootstrap: str, groups: Mapping[str, Sequence[str]], *, timeout_s:
     admin API, without joining any group."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-status",
-                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
+                                 **RECONNECT)
     except KafkaError as exc:
         raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
