@@ -79,7 +79,7 @@ def assert_exactly_once(stack: LocalStack, dataset: str) -> float:
     """The dataset's taxonomy, then exactly one FinalLabel record per ingested clip on the topic; returns the
     seconds its taxonomy took to come."""
     started = time.monotonic()
-    taxonomy = wait_for_taxonomy(stack.grpc_address("clusterer"), dataset, wait_s=900)
+    taxonomy = wait_for_taxonomy(stack.grpc_address("clusterer"), dataset, wait_s=300)
     took = time.monotonic() - started
     assert taxonomy.clips == CLIPS
     assert sum(lc.count for c in taxonomy.clusters for lc in c.labels) == CLIPS
