@@ -18,9 +18,11 @@ from typing import Sequence
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import KafkaConnectionError
 
 from auditoryhum import topics
-from auditoryhum.bus.kafka import read_topics
+from auditoryhum.bus import BusError
+from auditoryhum.bus.kafka import KafkaBus, read_topics
 from auditoryhum.service.client import wait_for_taxonomy
 from auditoryhum.service.local import SERVICES, KafkaCluster, LocalStack
 from auditoryhum.v1 import pipeline_pb2 as pb
@@ -93,13 +95,19 @@ def assert_exactly_once(stack: LocalStack, dataset: str) -> float:
 
 
 def describe(bootstrap: str, names: Sequence[str]) -> dict[tuple[str, int], dict]:
-    """(topic, partition) → its metadata: leader_id, replica_nodes, isr_nodes."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    try:
-        return {(t["name"], p["partition_index"]): p for t in admin.describe_topics(list(names))
-                for p in t["partitions"]}
-    finally:
-        admin.close()
+    """(topic, partition) → its metadata: leader_id, replica_nodes, isr_nodes. kafka-python's admin client asks
+    any broker it knows and fails if that one is dead: asked again, it picks another."""
+    deadline = time.monotonic() + 30
+    while True:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+        try:
+            return {(t["name"], p["partition_index"]): p for t in admin.describe_topics(list(names))
+                    for p in t["partitions"]}
+        except KafkaConnectionError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            admin.close()
 
 
 def min_insync_replicas(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
@@ -175,3 +183,32 @@ def test_a_three_broker_cluster_losing_a_broker_under_load_loses_and_duplicates_
               f"in all; bus errors {bus_errors(stack)}; stalls {stalls(stack)}; records in {records_in(stack)}")
     finally:
         stack.down()
+
+
+def test_a_partition_left_without_a_replica_is_an_outage_not_a_crash(tmp_path):
+    """A topic of replication factor 1 whose broker is lost has a partition without a leader. kafka-python 3.0.12
+    leaves such a partition out of its offsets answer and then fails with KeyError, which took every service
+    consuming the topic down; the bus reports it as the broker being away (BusError), which a service waits out."""
+    cluster = KafkaCluster(tmp_path / "kafka", (29600, 29610, 29630), replication=3, min_isr=2)
+    cluster.start()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+        admin.create_topics({"faults.orphan.v1": {"assignments": {0: [3], 1: [1]}}})  # one replica each
+        admin.close()
+        bus = KafkaBus(cluster.bootstrap)
+        consumer = bus.subscribe("orphan", ["faults.orphan.v1"])
+        deadline = time.monotonic() + 60
+        while len(consumer._consumer.assignment()) < 2:
+            assert time.monotonic() < deadline, "never assigned both partitions"
+            consumer.poll(timeout_s=0.5)
+        assert consumer.lag() == 0
+        cluster.kill(3)
+        while describe(cluster.bootstrap, ["faults.orphan.v1"])[("faults.orphan.v1", 0)]["leader_id"] != -1:
+            assert time.monotonic() < deadline + 60, "broker 3 was never fenced"
+            time.sleep(0.5)
+        with pytest.raises(BusError, match="no leader"):
+            consumer.lag()
+        consumer.close()
+        bus.close()
+    finally:
+        cluster.stop()
