@@ -142,7 +142,7 @@ class KafkaBus:
 class KafkaBusConsumer(ConsumerRebalanceListener):
     """A group member that watches its own progress. kafka-python 3.0 can leave a consumer that believes all is
     well yet never delivers a record (see :meth:`_stall`): once its polls have delivered nothing for
-    ``bus.stall_after_s`` while records wait, it is rebuilt. Every call into kafka-python that can block carries
+    ``bus.stall_after_s`` while records wait (found at two checks in a row), it is rebuilt. Every call into kafka-python that can block carries
     a timeout, so a stuck coordinator never hangs the service's loop, where the watch runs."""
 
     def __init__(self, bus: KafkaBus, group: str, topics: Sequence[str]):
@@ -175,6 +175,7 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
         self._delivered: dict[TopicPartition, int] = {}  # offset after the last record delivered, per partition
         self._empty_since: float | None = None  # polls have delivered nothing since then
         self._checked_at = 0.0
+        self._found_waiting = False  # the last check found records waiting, and none came since
 
     def poll(self, max_records: int = 64, timeout_s: float = 0.0) -> list[Record]:
         if self._consumer is not None:
@@ -195,6 +196,8 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
             out += [_record(r) for r in records]
         # Only time spent polling in vain counts towards a stall, never the time the stage spends on a batch.
         self._empty_since = None if out else self._empty_since or time.monotonic()
+        if out:
+            self._found_waiting = False
         return out
 
     def _keep_join_alive(self) -> None:
@@ -245,7 +248,13 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
 
     def _stall(self, idle_s: float) -> tuple[str, str] | None:
         """Why a consumer that delivered nothing for ``idle_s`` is stuck (kind, words), or None if it is merely
-        idle: it never completes a join, or it holds partitions whose waiting records it never delivers."""
+        idle: it never completes a join, or it holds partitions whose waiting records it never delivers.
+
+        Records count as never delivered once two checks in a row (half a window apart) find them waiting: a
+        consumer may have just become able to fetch them. When a broker is lost, its partitions get new leaders only
+        once the controller fences it (``broker.session.timeout.ms``, 9 s) and the consumer refreshes its metadata,
+        about one window; their records wait that long, then come."""
+        found_before, self._found_waiting = self._found_waiting, False
         if not self._consumer._coordinator.stable():
             # A join may legitimately wait for a group's slow members (up to their poll interval): three windows.
             if idle_s > 3 * self.bus.stall_after_s:
@@ -255,10 +264,12 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
             waiting = self.lag(consumed=True)
         except BusError:  # the broker is away: an outage, which the service reports and waits out
             return None
-        if waiting:
+        if waiting and found_before:
             return "idle", (f"holds {len(self._consumer.assignment())} partitions with {waiting} records waiting, "
                             f"none delivered for {idle_s:.0f} s")
-        self._empty_since = time.monotonic()  # merely idle: a new window starts
+        self._found_waiting = bool(waiting)
+        if not waiting:
+            self._empty_since = time.monotonic()  # merely idle: a new window starts
         return None
 
     def ack(self, record: Record) -> None:
