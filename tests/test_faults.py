@@ -187,8 +187,9 @@ def test_a_three_broker_cluster_losing_a_broker_under_load_loses_and_duplicates_
 
 def test_a_partition_left_without_a_replica_is_an_outage_not_a_crash(tmp_path):
     """A topic of replication factor 1 whose broker is lost has a partition without a leader. kafka-python 3.0.12
-    leaves such a partition out of its offsets answer and then fails with KeyError, which took every service
-    consuming the topic down; the bus reports it as the broker being away (BusError), which a service waits out."""
+    leaves such a partition out of its offsets answer and then fails with KeyError, which took down every service
+    consuming the topic (its lag) or relaying to it (the outbox reads the topic's tail); the bus reports it as the
+    broker being away (BusError), which a service waits out."""
     cluster = KafkaCluster(tmp_path / "kafka", (29600, 29610, 29630), replication=3, min_isr=2)
     cluster.start()
     try:
@@ -208,6 +209,8 @@ def test_a_partition_left_without_a_replica_is_an_outage_not_a_crash(tmp_path):
             time.sleep(0.5)
         with pytest.raises(BusError, match="no leader"):
             consumer.lag()
+        with pytest.raises(BusError, match="no leader"):
+            bus.tail("faults.orphan.v1", 10)
         consumer.close()
         bus.close()
     finally:

@@ -309,13 +309,11 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
         if not assigned:
             return 0
         try:
-            ends = self._consumer.end_offsets(assigned, timeout_ms=REQUEST_TIMEOUT_MS)
-            starts = self._consumer.beginning_offsets(assigned, timeout_ms=REQUEST_TIMEOUT_MS)
+            ends = _offsets(self._consumer, assigned, end=True, timeout_ms=REQUEST_TIMEOUT_MS)
+            starts = _offsets(self._consumer, assigned, end=False, timeout_ms=REQUEST_TIMEOUT_MS)
             committed = {tp: self._consumer.committed(tp, timeout_ms=REQUEST_TIMEOUT_MS) for tp in assigned}
         except KafkaError as exc:
             raise BusError(f"offsets of {len(assigned)} partitions unavailable: {exc}") from exc
-        except KeyError as exc:  # kafka-python 3.0.12 leaves a partition without a leader out of its answer
-            raise BusError(f"offsets unavailable: partition {exc} has no leader") from exc
         total = 0
         for tp in assigned:
             position = starts[tp] if committed[tp] is None else committed[tp]
@@ -354,9 +352,9 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
+        ends = _offsets(consumer, partitions, end=True)
         if last is not None:
-            starts = consumer.beginning_offsets(partitions)
+            starts = _offsets(consumer, partitions, end=False)
             for tp in partitions:
                 consumer.seek(tp, max(starts[tp], ends[tp] - last))
         deadline = time.monotonic() + timeout_s
@@ -369,6 +367,16 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
                         yield _record(r)
     finally:
         consumer.close(autocommit=False)
+
+
+def _offsets(consumer: KafkaConsumer, partitions: list[TopicPartition], *, end: bool,
+             timeout_ms: int | None = None) -> dict[TopicPartition, int]:
+    """The end (or beginning) offset of each partition. A partition without a leader (every replica of it lost)
+    is an outage, a BusError: kafka-python 3.0.12 leaves it out of its answer and then fails with KeyError."""
+    try:
+        return (consumer.end_offsets if end else consumer.beginning_offsets)(partitions, timeout_ms=timeout_ms)
+    except KeyError as exc:
+        raise BusError(f"offsets unavailable: partition {exc} has no leader") from exc
 
 
 def group_lag(bootstrap: str, groups: Mapping[str, Sequence[str]], *, timeout_s: float = 10.0) -> dict[str, int]:
