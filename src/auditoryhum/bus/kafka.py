@@ -50,7 +50,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, rep
         created = []
         for topic in sorted(set(topics) - set(admin.list_topics())):
             try:
-                admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": replication_factor or -1,
+                admin.create_topics({topic: {"num_partitions": partitions,
+                                             "replication_factor": replication_factor or -1,  # -1: the brokers'
                                              "configs": {"max.message.bytes": str(MAX_MESSAGE_BYTES)}}})
                 created.append(topic)
             except TopicAlreadyExistsError:  # another service won the race
@@ -142,8 +143,9 @@ class KafkaBus:
 class KafkaBusConsumer(ConsumerRebalanceListener):
     """A group member that watches its own progress. kafka-python 3.0 can leave a consumer that believes all is
     well yet never delivers a record (see :meth:`_stall`): once its polls have delivered nothing for
-    ``bus.stall_after_s`` while records wait (found at two checks in a row), it is rebuilt. Every call into kafka-python that can block carries
-    a timeout, so a stuck coordinator never hangs the service's loop, where the watch runs."""
+    ``bus.stall_after_s`` while records wait (found at two checks in a row), it is rebuilt. Every call into
+    kafka-python that can block carries a timeout, so a stuck coordinator never hangs the service's loop, where the
+    watch runs."""
 
     def __init__(self, bus: KafkaBus, group: str, topics: Sequence[str]):
         self.bus, self.group, self.topics = bus, group, list(topics)

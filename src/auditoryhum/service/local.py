@@ -64,28 +64,25 @@ class KafkaCluster:
             env["KAFKA_MIN_ISR"] = str(self.min_isr)
         return env
 
-    def _run(self, command: str, nodes: Sequence[int] | None) -> None:
+    def _run(self, command: str) -> None:
         """``command`` on every node at once: a node of a quorum is ready only once a majority of it is up."""
-        nodes = range(1, len(self.ports) + 1) if nodes is None else nodes
         running = [(node, subprocess.Popen([str(ROOT / "scripts" / "kafka.sh"), command], env=self._env(node)))
-                   for node in nodes]
+                   for node in range(1, len(self.ports) + 1)]
         failed = [node for node, process in running if process.wait() != 0]
         if failed:
             raise RuntimeError(f"scripts/kafka.sh {command} failed on node(s) {failed}; see {self.home}")
 
-    def start(self, nodes: Sequence[int] | None = None) -> None:
-        self._run("start", nodes)
+    def start(self) -> None:
+        """Every node that is not running (nodes already up are left as they are)."""
+        self._run("start")
 
-    def stop(self, nodes: Sequence[int] | None = None) -> None:
-        self._run("stop", nodes)
-
-    def pid(self, node: int = 1) -> int:
-        return int((self.node_home(node) / "kafka.pid").read_text())
+    def stop(self) -> None:
+        self._run("stop")
 
     def kill(self, node: int = 1) -> None:
         """SIGKILL node ``node``'s JVM (the crash test) and wait until it is gone; ``start`` brings it back on the
         same data."""
-        pid = self.pid(node)
+        pid = int((self.node_home(node) / "kafka.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.05)
