@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# A real single-node Apache Kafka 4.x broker (KRaft, broker+controller in one JVM) for development, tests and CI.
+# A real Apache Kafka 4.x node (KRaft, broker+controller in one JVM) for development, tests and CI: by default a
+# single-node cluster; with the cluster variables below, one node of several (start each with its own env).
 #   scripts/kafka.sh start|stop|status|reset
 # Jars come from Maven Central into deploy/kafka/lib (make deploy/kafka/lib/.installed, or make kafka-up).
 # Env: KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (19093), KAFKA_HOME_DIR (<repo>/.kafka: data, logs, pid),
 #      KAFKA_HEAP (-Xms256m -Xmx768m), KAFKA_START_TIMEOUT (60 s), KAFKA_JVM_OPTS, KAFKA_PYTHON (.venv python).
+# Cluster: KAFKA_NODE_ID (1), KAFKA_VOTERS (controller.quorum.voters, default this node alone: 1@127.0.0.1:CPORT),
+#      KAFKA_CLUSTER_ID (the id every node is formatted with; default a random one), KAFKA_REPLICATION (1: the
+#      default replication factor of topics and of the internal ones), KAFKA_MIN_ISR (1: min.insync.replicas).
+#      A node of a multi-node quorum is ready only once a majority of its voters is up: start them side by side.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +22,10 @@ HEAP=${KAFKA_HEAP:--Xms256m -Xmx768m}
 TIMEOUT=${KAFKA_START_TIMEOUT:-60}
 JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true}
 PY=${KAFKA_PYTHON:-$ROOT/.venv/bin/python}
+NODE_ID=${KAFKA_NODE_ID:-1}
+VOTERS=${KAFKA_VOTERS:-$NODE_ID@127.0.0.1:$CPORT}
+REPLICATION=${KAFKA_REPLICATION:-1}
+MIN_ISR=${KAFKA_MIN_ISR:-1}
 
 mkdir -p "$HOME_DIR"
 HOME_DIR=$(cd "$HOME_DIR" && pwd)
@@ -65,8 +74,8 @@ write_config() {
   cat >"$HOME_DIR/server.properties" <<EOF
 # Written by scripts/kafka.sh on each start; edits here are lost.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CPORT
+node.id=$NODE_ID
+controller.quorum.voters=$VOTERS
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -76,16 +85,16 @@ log.dirs=$HOME_DIR/data
 num.network.threads=2
 num.io.threads=4
 num.partitions=4
-default.replication.factor=1
-min.insync.replicas=1
+default.replication.factor=$REPLICATION
+min.insync.replicas=$MIN_ISR
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor=$REPLICATION
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$REPLICATION
+transaction.state.log.min.isr=$MIN_ISR
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor=$REPLICATION
+share.coordinator.state.topic.min.isr=$MIN_ISR
 group.initial.rebalance.delay.ms=0
 log.segment.bytes=16777216
 log.retention.hours=24
@@ -108,7 +117,8 @@ start() {
   if [ ! -f "$HOME_DIR/data/meta.properties" ]; then
     # A cluster id is 16 random bytes, URL-safe base64 without padding. It starts with '-' once in 64: given as
     # --cluster-id=ID, never as a separate word, or the option parser takes it for an option.
-    local id; id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    local id=${KAFKA_CLUSTER_ID:-}
+    [ -n "$id" ] || id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
     java -cp "$cp" -Dlog4j2.configurationFile="$ROOT/deploy/kafka/log4j2.yaml" -Dkafka.logs.dir="$HOME_DIR/logs" \
       kafka.tools.StorageTool format --cluster-id="$id" -c "$HOME_DIR/server.properties" >"$HOME_DIR/logs/format.log" 2>&1 \
       || { cat "$HOME_DIR/logs/format.log" >&2; fail "storage format failed"; }

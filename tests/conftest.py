@@ -11,7 +11,7 @@ import soundfile as sf
 
 from auditoryhum.config import Settings
 from auditoryhum.models import Models
-from auditoryhum.service.local import LocalStack
+from auditoryhum.service.local import KafkaCluster, LocalStack
 from tests.kube_apiserver import ApiServer
 
 LINCITY = Path("/usr/share/games/lincity-ng/sounds")
@@ -34,11 +34,13 @@ def kafka(tmp_path_factory) -> Iterator[LocalStack]:
     stack.down()
 
 
-def own_stack(home: Path, base: int, env: dict[str, str] | None = None) -> LocalStack:
+def own_stack(home: Path, base: int, env: dict[str, str] | None = None,
+              kafka: KafkaCluster | None = None) -> LocalStack:
     """A stack of its own on ports base..base+99 (Kafka base and base+1, Triton base+20..22, gRPC base+51..54,
-    metrics base+61..64, UI base+71), for a test module whose faults or settings must not touch the session's."""
+    metrics base+61..64, UI base+71), for a test module whose faults or settings must not touch the session's.
+    ``kafka``: brokers of its own instead of the single one on base (a cluster's ports must avoid the others)."""
     return LocalStack(home, kafka_port=base, port_base=base + 51, metrics_base=base + 61, triton_port=base + 20,
-                      ui_port=base + 71, env=env)
+                      ui_port=base + 71, env=env, kafka=kafka)
 
 
 @pytest.fixture(scope="session")

@@ -27,22 +27,31 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Every blocking call into kafka-python is bounded by this: without a timeout some of them wait forever.
 REQUEST_TIMEOUT_MS = 15_000
+# kafka-python 3.0 backs off reconnecting to a broker exponentially up to 30 s (the Java client: 1 s). After a
+# broker outage a client then waits up to 30 s more before it tries again; meanwhile its fetcher skips that broker
+# ("awaiting reconnect backoff"), so a consumer that has rejoined its group holds partitions and delivers nothing.
+RECONNECT = {"reconnect_backoff_ms": 50, "reconnect_backoff_max_ms": 1_000}
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, replication_factor: int | None = None,
+                  timeout_s: float = 30.0) -> list[str]:
     """Create the topics that are missing and wait until every one has a leader (services starting side by side
-    race to create them); returns those this call created. Existing topics are left as they are."""
+    race to create them); returns those this call created. Existing topics are left as they are.
+    ``replication_factor``: replicas of each partition; None takes the brokers' ``default.replication.factor``
+    (their ``min.insync.replicas`` applies either way)."""
     topics = sorted(set(topics))
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-admin",
-                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
+                                 **RECONNECT)
     except KafkaError as exc:
         raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         created = []
         for topic in sorted(set(topics) - set(admin.list_topics())):
             try:
-                admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1,
+                admin.create_topics({topic: {"num_partitions": partitions,
+                                             "replication_factor": replication_factor or -1,  # -1: the brokers'
                                              "configs": {"max.message.bytes": str(MAX_MESSAGE_BYTES)}}})
                 created.append(topic)
             except TopicAlreadyExistsError:  # another service won the race
@@ -87,7 +96,7 @@ class KafkaBus:
             self._producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                                            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
                                            enable_idempotence=True, linger_ms=linger_ms,
-                                           max_request_size=MAX_MESSAGE_BYTES, compression_type=None)
+                                           max_request_size=MAX_MESSAGE_BYTES, compression_type=None, **RECONNECT)
         except KafkaError as exc:
             raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
         self._local = threading.local()  # each thread flushes (and checks) its own sends
@@ -134,8 +143,9 @@ class KafkaBus:
 class KafkaBusConsumer(ConsumerRebalanceListener):
     """A group member that watches its own progress. kafka-python 3.0 can leave a consumer that believes all is
     well yet never delivers a record (see :meth:`_stall`): once its polls have delivered nothing for
-    ``bus.stall_after_s`` while records wait, it is rebuilt. Every call into kafka-python that can block carries
-    a timeout, so a stuck coordinator never hangs the service's loop, where the watch runs."""
+    ``bus.stall_after_s`` while records wait (found at two checks in a row), it is rebuilt. Every call into
+    kafka-python that can block carries a timeout, so a stuck coordinator never hangs the service's loop, where the
+    watch runs."""
 
     def __init__(self, bus: KafkaBus, group: str, topics: Sequence[str]):
         self.bus, self.group, self.topics = bus, group, list(topics)
@@ -151,7 +161,8 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=bus.session_timeout_ms, heartbeat_interval_ms=bus.session_timeout_ms // 4,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-                metadata_max_age_ms=10_000, **extra)  # sees new partitions within seconds, not 5 minutes
+                metadata_max_age_ms=10_000,  # sees new partitions within seconds, not 5 minutes
+                **RECONNECT, **extra)
             # Partition metadata first, so the first assignment usually covers every partition (on a fresh broker a
             # second rebalance can follow at once: see _keep_join_alive).
             for topic in self.topics:
@@ -166,6 +177,7 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
         self._delivered: dict[TopicPartition, int] = {}  # offset after the last record delivered, per partition
         self._empty_since: float | None = None  # polls have delivered nothing since then
         self._checked_at = 0.0
+        self._found_waiting = False  # the last check found records waiting, and none came since
 
     def poll(self, max_records: int = 64, timeout_s: float = 0.0) -> list[Record]:
         if self._consumer is not None:
@@ -186,6 +198,8 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
             out += [_record(r) for r in records]
         # Only time spent polling in vain counts towards a stall, never the time the stage spends on a batch.
         self._empty_since = None if out else self._empty_since or time.monotonic()
+        if out:
+            self._found_waiting = False
         return out
 
     def _keep_join_alive(self) -> None:
@@ -236,7 +250,13 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
 
     def _stall(self, idle_s: float) -> tuple[str, str] | None:
         """Why a consumer that delivered nothing for ``idle_s`` is stuck (kind, words), or None if it is merely
-        idle: it never completes a join, or it holds partitions whose waiting records it never delivers."""
+        idle: it never completes a join, or it holds partitions whose waiting records it never delivers.
+
+        Records count as never delivered once two checks in a row (half a window apart) find them waiting: a
+        consumer may have just become able to fetch them. When a broker is lost, its partitions get new leaders only
+        once the controller fences it (``broker.session.timeout.ms``, 9 s) and the consumer refreshes its metadata,
+        about one window; their records wait that long, then come."""
+        found_before, self._found_waiting = self._found_waiting, False
         if not self._consumer._coordinator.stable():
             # A join may legitimately wait for a group's slow members (up to their poll interval): three windows.
             if idle_s > 3 * self.bus.stall_after_s:
@@ -246,10 +266,12 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
             waiting = self.lag(consumed=True)
         except BusError:  # the broker is away: an outage, which the service reports and waits out
             return None
-        if waiting:
+        if waiting and found_before:
             return "idle", (f"holds {len(self._consumer.assignment())} partitions with {waiting} records waiting, "
                             f"none delivered for {idle_s:.0f} s")
-        self._empty_since = time.monotonic()  # merely idle: a new window starts
+        self._found_waiting = bool(waiting)
+        if not waiting:
+            self._empty_since = time.monotonic()  # merely idle: a new window starts
         return None
 
     def ack(self, record: Record) -> None:
@@ -289,8 +311,8 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
         if not assigned:
             return 0
         try:
-            ends = self._consumer.end_offsets(assigned, timeout_ms=REQUEST_TIMEOUT_MS)
-            starts = self._consumer.beginning_offsets(assigned, timeout_ms=REQUEST_TIMEOUT_MS)
+            ends = _offsets(self._consumer, assigned, end=True, timeout_ms=REQUEST_TIMEOUT_MS)
+            starts = _offsets(self._consumer, assigned, end=False, timeout_ms=REQUEST_TIMEOUT_MS)
             committed = {tp: self._consumer.committed(tp, timeout_ms=REQUEST_TIMEOUT_MS) for tp in assigned}
         except KafkaError as exc:
             raise BusError(f"offsets of {len(assigned)} partitions unavailable: {exc}") from exc
@@ -327,14 +349,14 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
     offsets seen at the start, outside any consumer group (reading commits nothing and disturbs no service)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="auditoryhum-reader", enable_auto_commit=False,
                              group_id=None, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
-                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **RECONNECT)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
+        ends = _offsets(consumer, partitions, end=True)
         if last is not None:
-            starts = consumer.beginning_offsets(partitions)
+            starts = _offsets(consumer, partitions, end=False)
             for tp in partitions:
                 consumer.seek(tp, max(starts[tp], ends[tp] - last))
         deadline = time.monotonic() + timeout_s
@@ -349,13 +371,24 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
         consumer.close(autocommit=False)
 
 
+def _offsets(consumer: KafkaConsumer, partitions: list[TopicPartition], *, end: bool,
+             timeout_ms: int | None = None) -> dict[TopicPartition, int]:
+    """The end (or beginning) offset of each partition. A partition without a leader (every replica of it lost)
+    is an outage, a BusError: kafka-python 3.0.12 leaves it out of its answer and then fails with KeyError."""
+    try:
+        return (consumer.end_offsets if end else consumer.beginning_offsets)(partitions, timeout_ms=timeout_ms)
+    except KeyError as exc:
+        raise BusError(f"offsets unavailable: partition {exc} has no leader") from exc
+
+
 def group_lag(bootstrap: str, groups: Mapping[str, Sequence[str]], *, timeout_s: float = 10.0) -> dict[str, int]:
     """Each consumer group's lag over its topics (group → topics): records after its committed offsets, or after
     the log start on a partition it never committed (where its consumers would start reading). Read from the
     admin API, without joining any group."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-status",
-                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
+                                 **RECONNECT)
     except KafkaError as exc:
         raise BusError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:

@@ -136,7 +136,7 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     check_bind(settings.grpc_host, _token(settings))  # before anything starts
-    ensure_topics(settings.bootstrap, topics.ALL, settings.partitions)
+    ensure_topics(settings.bootstrap, topics.ALL, settings.partitions, replication_factor=settings.replication_factor)
     bus = KafkaBus(settings.bootstrap, client_id=f"auditoryhum-{name}", instance_id=settings.instance_id,
                    session_timeout_ms=settings.session_timeout_ms, stall_after_s=settings.stall_timeout_s,
                    on_stall=lambda group, kind: metrics.CONSUMER_STALLS.labels(name, kind).inc())
@@ -163,6 +163,7 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
                     metrics.CONSUMER_LAG.labels(name).set(worker.consumer.lag())
             except (BusError, KafkaError) as exc:  # the broker is away: wait for it, lose nothing
                 log.warning("kafka unavailable: %s", exc)
+                metrics.ERRORS.labels(name, "bus").inc()
                 stop.wait(1.0)
         log.info("stopping")
         grpc_server.stop(server, health).wait()

@@ -1,5 +1,5 @@
-"""The distributed mode on one machine: a real Kafka broker (scripts/kafka.sh), a Triton server with the models
-(scripts/triton.sh) and the four services as processes calling it.
+"""The distributed mode on one machine: a real Kafka broker (scripts/kafka.sh) or a KRaft cluster of several, a
+Triton server with the models (scripts/triton.sh) and the four services as processes calling it.
 
 ``make up`` / ``make down`` use it, and so do the end-to-end tests and ``make bench-pipeline``, each on its own
 ports and folder. Processes get their own session and pid files, so ``down`` can stop what an earlier ``up``
@@ -12,12 +12,14 @@ started.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,15 +30,76 @@ ROOT = Path(__file__).resolve().parents[3]
 SERVICES = tuple(DEFAULT_PORTS)
 
 
+class KafkaCluster:
+    """Kafka nodes run by scripts/kafka.sh, each broker and controller, on ``ports`` (controller on port + 1).
+    One port: the single-node broker of ``make up``, its data in ``home``. Several: a KRaft cluster whose nodes
+    1..N all vote in the controller quorum and share one cluster id, each in ``home/node<id>``. ``replication``
+    and ``min_isr`` become the brokers' defaults for new topics and for the internal ones (offsets, transactions);
+    None keeps the script's (1)."""
+
+    def __init__(self, home: Path, ports: Sequence[int], *, replication: int | None = None,
+                 min_isr: int | None = None):
+        self.home, self.ports = home, tuple(ports)
+        self.replication, self.min_isr = replication, min_isr
+        # 16 random bytes, URL-safe base64 without padding, as `kafka-storage random-uuid` prints them.
+        self.cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def node_home(self, node: int) -> Path:
+        return self.home if len(self.ports) == 1 else self.home / f"node{node}"
+
+    def _env(self, node: int) -> dict[str, str]:
+        port = self.ports[node - 1]
+        env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(port + 1),
+               "KAFKA_HOME_DIR": str(self.node_home(node)), "KAFKA_PYTHON": sys.executable}
+        if len(self.ports) > 1:
+            env.update(KAFKA_NODE_ID=str(node), KAFKA_CLUSTER_ID=self.cluster_id,
+                       KAFKA_VOTERS=",".join(f"{i}@127.0.0.1:{p + 1}" for i, p in enumerate(self.ports, 1)))
+        if self.replication is not None:
+            env["KAFKA_REPLICATION"] = str(self.replication)
+        if self.min_isr is not None:
+            env["KAFKA_MIN_ISR"] = str(self.min_isr)
+        return env
+
+    def _run(self, command: str) -> None:
+        """``command`` on every node at once: a node of a quorum is ready only once a majority of it is up."""
+        running = [(node, subprocess.Popen([str(ROOT / "scripts" / "kafka.sh"), command], env=self._env(node)))
+                   for node in range(1, len(self.ports) + 1)]
+        failed = [node for node, process in running if process.wait() != 0]
+        if failed:
+            raise RuntimeError(f"scripts/kafka.sh {command} failed on node(s) {failed}; see {self.home}")
+
+    def start(self) -> None:
+        """Every node that is not running (nodes already up are left as they are)."""
+        self._run("start")
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def kill(self, node: int = 1) -> None:
+        """SIGKILL node ``node``'s JVM (the crash test) and wait until it is gone; ``start`` brings it back on the
+        same data."""
+        pid = int((self.node_home(node) / "kafka.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+
+
 class LocalStack:
     def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
-                 triton_port: int | None = 18000, ui_port: int = 8080, env: dict[str, str] | None = None):
+                 triton_port: int | None = 18000, ui_port: int = 8080, env: dict[str, str] | None = None,
+                 kafka: KafkaCluster | None = None):
         """``triton_port``: Triton's HTTP port (gRPC and metrics on the next two); None runs the models inside
         each service instead. ``ui_port``: the review service's web UI. ``env``: settings every service gets
-        (``AUDITORYHUM_*``), e.g. a state URL or review policy."""
+        (``AUDITORYHUM_*``), e.g. a state URL or review policy. ``kafka``: the brokers, by default a single node
+        on ``kafka_port`` with its data in ``home/kafka``."""
         self.home = home.resolve()
         self.ui_port = ui_port
-        self.kafka_port, self.port_base, self.metrics_base = kafka_port, port_base, metrics_base
+        self.port_base, self.metrics_base = port_base, metrics_base
+        self.kafka = kafka or KafkaCluster(self.home / "kafka", [kafka_port])
         self.triton_port = triton_port
         # The services' models: on this stack's Triton, or in each service.
         self.env = {"AUDITORYHUM_BACKEND": "triton", "AUDITORYHUM_TRITON_URL": self.triton_url} if triton_port else {}
@@ -45,7 +108,7 @@ class LocalStack:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return self.kafka.bootstrap
 
     @property
     def triton_url(self) -> str:
@@ -59,16 +122,15 @@ class LocalStack:
 
     # -- Kafka --------------------------------------------------------------------------------------------------
 
-    def _kafka(self, command: str) -> None:
-        env = {**os.environ, "KAFKA_PORT": str(self.kafka_port), "KAFKA_CONTROLLER_PORT": str(self.kafka_port + 1),
-               "KAFKA_HOME_DIR": str(self.home / "kafka"), "KAFKA_PYTHON": sys.executable}
-        subprocess.run([str(ROOT / "scripts" / "kafka.sh"), command], env=env, check=True)
-
     def start_kafka(self) -> None:
-        self._kafka("start")
+        self.kafka.start()
 
     def stop_kafka(self) -> None:
-        self._kafka("stop")
+        self.kafka.stop()
+
+    def kill_kafka(self, node: int = 1) -> None:
+        """SIGKILL a broker's JVM and wait until it is gone; ``start_kafka`` restarts it on the same data."""
+        self.kafka.kill(node)
 
     # -- Triton -------------------------------------------------------------------------------------------------
 
@@ -190,8 +252,11 @@ def _alive(pid: int) -> bool:
         pass
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
+        return False
+    try:  # someone else's dead child stays a zombie until its parent (or init) reaps it: dead all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
 
 

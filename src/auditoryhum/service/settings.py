@@ -21,6 +21,9 @@ class ServiceSettings(Settings):
 
     bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma-separated")
     partitions: int = Field(4, ge=1, description="partitions of each topic created at start-up")
+    replication_factor: int | None = Field(None, ge=1, description="replicas of each topic created at start-up "
+                                                                   "(default: the brokers' default.replication."
+                                                                   "factor)")
     instance_id: str | None = Field(None, description="stable member id (e.g. the pod name): a restarted "
                                                       "instance takes its partitions back at once")
     session_timeout_ms: int = Field(10_000, ge=6_000, description="Kafka consumer-group session timeout")
