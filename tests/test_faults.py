@@ -122,10 +122,8 @@ def min_insync_replicas(bootstrap: str, names: Sequence[str]) -> dict[str, int]:
 
 
 def test_the_broker_killed_mid_stream_and_restarted_loses_and_duplicates_nothing(tmp_path):
-    stack = own_stack(tmp_path / "stack", 29500)
-    try:
-        t0 = time.monotonic()
-        stack.up()
+    t0 = time.monotonic()
+    with own_stack(tmp_path / "stack", 29500) as stack:
         dataset = "broker-kill"
         consumed = ingest_and_wait_mid_stream(stack, tmp_path, dataset)
         assert consumed < CLIPS  # mid-stream
@@ -147,17 +145,13 @@ def test_the_broker_killed_mid_stream_and_restarted_loses_and_duplicates_nothing
         print(f"\nlabeler had consumed {consumed:.0f} clips at the kill; broker down {down_s:.1f} s; bus errors "
               f"{noticed}; taxonomy {took:.1f} s after the restart; {time.monotonic() - t0:.0f} s in all; stalls "
               f"{stalls(stack)}; records in {records_in(stack)}")
-    finally:
-        stack.down()
 
 
 def test_a_three_broker_cluster_losing_a_broker_under_load_loses_and_duplicates_nothing(tmp_path):
     # Brokers on 29600, 29610, 29630 (controllers one port up); the stack's Triton has 29620-29622.
     cluster = KafkaCluster(tmp_path / "kafka", (29600, 29610, 29630), replication=3, min_isr=2)
-    stack = own_stack(tmp_path / "stack", 29600, {"AUDITORYHUM_REPLICATION_FACTOR": "3"}, kafka=cluster)
-    try:
-        t0 = time.monotonic()
-        stack.up()
+    t0 = time.monotonic()
+    with own_stack(tmp_path / "stack", 29600, {"AUDITORYHUM_REPLICATION_FACTOR": "3"}, kafka=cluster) as stack:
         partitions = describe(stack.bootstrap, topics.ALL)
         assert all(len(p["replica_nodes"]) == len(p["isr_nodes"]) == 3 for p in partitions.values())
         assert all(len(p["replica_nodes"]) == 3 for p in describe(stack.bootstrap, ["__consumer_offsets"]).values())
@@ -181,8 +175,6 @@ def test_a_three_broker_cluster_losing_a_broker_under_load_loses_and_duplicates_
         print(f"\nkilled broker {victim}, leader of {led}/{len(partitions)} partitions of the pipeline, with the "
               f"labeler at {consumed:.0f} clips; taxonomy {took:.1f} s after the kill; {time.monotonic() - t0:.0f} s "
               f"in all; bus errors {bus_errors(stack)}; stalls {stalls(stack)}; records in {records_in(stack)}")
-    finally:
-        stack.down()
 
 
 def test_a_partition_left_without_a_replica_is_an_outage_not_a_crash(tmp_path):

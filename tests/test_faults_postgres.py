@@ -13,7 +13,7 @@ import pytest
 from auditoryhum import topics
 from auditoryhum.bus.kafka import read_topics
 from auditoryhum.service.client import wait_for_taxonomy
-from auditoryhum.service.local import SERVICES, LocalStack
+from auditoryhum.service.local import LocalStack
 from auditoryhum.v1 import pipeline_pb2 as pb
 from tests.conftest import own_stack
 from tests.postgres import PostgresServer, create_database
@@ -31,14 +31,9 @@ def postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, postgres) -> Iterator[LocalStack]:
-    stack = own_stack(tmp_path_factory.mktemp("pg-stack"), 29700,
-                      env={"AUDITORYHUM_STATE_URL": create_database(postgres.url())})
-    try:
-        stack.start_kafka()
-        stack.up(SERVICES, kafka=False)
+    env = {"AUDITORYHUM_STATE_URL": create_database(postgres.url())}
+    with own_stack(tmp_path_factory.mktemp("pg-stack"), 29700, env) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 def database_errors(stack: LocalStack, name: str) -> float:

@@ -14,7 +14,7 @@ import pytest
 from auditoryhum import topics
 from auditoryhum.bus.kafka import group_lag, read_topics
 from auditoryhum.service.client import ReviewClient, wait_for_taxonomy
-from auditoryhum.service.local import SERVICES, LocalStack
+from auditoryhum.service.local import LocalStack
 from auditoryhum.stages.labeler import HINT_KEY
 from auditoryhum.stages.review import HUMAN_MODEL_ID
 from auditoryhum.v1 import pipeline_pb2 as pb
@@ -28,14 +28,9 @@ FRACTION = 0.02  # of each dataset's clips, the lowest scores, become tasks
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> LocalStack:
-    stack = own_stack(tmp_path_factory.mktemp("review-stack"), 29800,
-                      env={"AUDITORYHUM_REVIEW_AUTO_ACCEPT": "false", "AUDITORYHUM_REVIEW_FRACTION": str(FRACTION)})
-    try:
-        stack.start_kafka()
-        stack.up(SERVICES, kafka=False)
+    env = {"AUDITORYHUM_REVIEW_AUTO_ACCEPT": "false", "AUDITORYHUM_REVIEW_FRACTION": str(FRACTION)}
+    with own_stack(tmp_path_factory.mktemp("review-stack"), 29800, env) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 def on_topic(stack: LocalStack, topic: str, dataset: str) -> list:

@@ -52,13 +52,8 @@ class Sampler(threading.Thread):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> LocalStack:
-    stack = own_stack(tmp_path_factory.mktemp("soak-stack"), 29900)
-    try:
-        stack.start_kafka()
-        stack.up(SERVICES, kafka=False)
+    with own_stack(tmp_path_factory.mktemp("soak-stack"), 29900) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 def test_20k_clips_exactly_once_with_flat_memory(stack, tmp_path, capsys):

@@ -238,6 +238,18 @@ class LocalStack:
         self.stop_services()
         self.stop_kafka()
 
+    def __enter__(self) -> "LocalStack":
+        """``with stack:`` everything up for the block (see :meth:`up`), and down after it, even if up failed."""
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
     def status(self) -> dict[str, bool]:
         return {name: self._pidfile(name).exists() and _alive(int(self._pidfile(name).read_text()))
                 for name in SERVICES}
