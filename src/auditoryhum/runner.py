@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Callable, Sequence
 
 from google.protobuf.message import Message
@@ -21,7 +22,7 @@ from google.protobuf.message import Message
 from auditoryhum.bus import Bus, BusError, Consumer, Record
 from auditoryhum.bus.codec import TYPE_HEADER, CodecError
 from auditoryhum.errors import DATABASE, transient_kind
-from auditoryhum.outbox import Outbox, OnRecover
+from auditoryhum.outbox import Outbox
 from auditoryhum.stages.base import Out, Stage, dead_letter
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,8 @@ class StageWorker:
         self.max_backoff_s = max_backoff_s
         self._given_back = 0  # batches given back in a row: the backoff grows while a back-end stays away
         self.consumer_group = f"auditoryhum-{stage.name}"
-        recovered: OnRecover = lambda delivered, resent: self.metrics.recovered(stage.name, delivered, resent)  # noqa: E731
-        self.outbox = Outbox(stage.store, bus, on_recover=recovered, crash_after=crash_after_relayed) \
-            if stage.store is not None else None
+        self.outbox = Outbox(stage.store, bus, on_recover=partial(self.metrics.recovered, stage.name),
+                             crash_after=crash_after_relayed) if stage.store is not None else None
         if self.outbox is not None:
             try:  # before this process writes anything: what is waiting was left by a predecessor
                 self.outbox.recover()
