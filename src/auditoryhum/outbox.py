@@ -27,7 +27,7 @@ import uuid
 from collections import Counter
 from typing import Callable, Sequence
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 
 from auditoryhum.bus import Bus
 from auditoryhum.bus.codec import headers
@@ -108,15 +108,14 @@ class Outbox:
         """Drop the waiting rows whose records a crashed relay already published (found by token in each topic's
         tail); the rest are sent by the relay. Returns (already on the bus, to send)."""
         with self.store.transaction() as db:
-            waiting = Counter(dict(db.execute(select(outbox.c.topic, func.count()).group_by(outbox.c.topic)).all()))
-            found: set[str] = set()
-            for topic, n in waiting.items():
-                for record in self.bus.tail(topic, n + RECOVERY_MARGIN):
-                    if token := record.headers.get(TOKEN_HEADER):
-                        found.add(token)
-            delivered = db.execute(delete(outbox).where(outbox.c.token.in_(found))).rowcount if found else 0
+            waiting = dict(db.execute(select(outbox.c.token, outbox.c.topic)).all())
+            found = sorted({token for topic, n in Counter(waiting.values()).items()
+                            for record in self.bus.tail(topic, n + RECOVERY_MARGIN)
+                            if (token := record.headers.get(TOKEN_HEADER)) in waiting})
+            for i in range(0, len(found), BATCH):  # bounded statements, however many were out
+                db.execute(delete(outbox).where(outbox.c.token.in_(found[i:i + BATCH])))
         self._recovered = True
-        resent = sum(waiting.values()) - delivered
+        delivered, resent = len(found), len(waiting) - len(found)
         if waiting:
             log.warning("outbox: of the records left by a crash or a failed relay, %d were out already (not sent "
                         "again), %d are sent now", delivered, resent)
