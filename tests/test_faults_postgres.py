@@ -6,6 +6,7 @@ clip's final label is on the topic exactly once.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Iterator
 
 import pytest
@@ -14,10 +15,9 @@ from auditoryhum import topics
 from auditoryhum.bus.kafka import read_topics
 from auditoryhum.service.client import wait_for_taxonomy
 from auditoryhum.service.local import LocalStack
-from auditoryhum.v1 import pipeline_pb2 as pb
 from tests.conftest import own_stack
 from tests.postgres import PostgresServer, create_database
-from tests.test_distributed import cli, metric, recordings
+from tests.test_distributed import cli, final_labels_on_topic, metric, recordings
 
 pytestmark = pytest.mark.distributed
 
@@ -58,11 +58,7 @@ def test_postgres_restarted_under_load_loses_and_duplicates_nothing(stack, postg
 
     taxonomy = wait_for_taxonomy(stack.grpc_address("clusterer"), dataset, wait_s=300)
     assert taxonomy.clips == 1000
-    finals: dict[str, int] = {}
-    for record in read_topics(stack.bootstrap, [topics.FINAL_LABELS]):
-        message = record.message()
-        if isinstance(message, pb.FinalLabel) and message.clip.dataset == dataset:
-            finals[message.clip.clip_id] = finals.get(message.clip.clip_id, 0) + 1
+    finals = Counter(f.clip.clip_id for f in final_labels_on_topic(stack, dataset))
     assert len(finals) == 1000 and set(finals.values()) == {1}  # none lost, none twice
     letters = [r.message() for r in read_topics(stack.bootstrap, [topics.DLQ])]
     assert not [m for m in letters if m.dataset == dataset]  # an outage is not bad input

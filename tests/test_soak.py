@@ -6,19 +6,17 @@ clips it has seen: flat, once warm. Run by `make test-faults`; prints the memory
 from __future__ import annotations
 
 import threading
+from collections import Counter
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from auditoryhum import topics
-from auditoryhum.bus.kafka import read_topics
 from auditoryhum.service.client import wait_for_taxonomy
 from auditoryhum.service.local import SERVICES, LocalStack
-from auditoryhum.v1 import pipeline_pb2 as pb
 from tests.conftest import own_stack
-from tests.test_distributed import cli, metric, recordings
+from tests.test_distributed import cli, final_labels_on_topic, metric, recordings
 
 pytestmark = [pytest.mark.distributed, pytest.mark.faults]
 
@@ -69,11 +67,7 @@ def test_20k_clips_exactly_once_with_flat_memory(stack, tmp_path, capsys):
     sampler.join()
     assert taxonomy.clips == CLIPS
 
-    finals: dict[str, int] = {}
-    for record in read_topics(stack.bootstrap, [topics.FINAL_LABELS], timeout_s=300):
-        message = record.message()
-        if isinstance(message, pb.FinalLabel) and message.clip.dataset == "soak":
-            finals[message.clip.clip_id] = finals.get(message.clip.clip_id, 0) + 1
+    finals = Counter(f.clip.clip_id for f in final_labels_on_topic(stack, "soak"))
     assert len(finals) == CLIPS and set(finals.values()) == {1}  # none lost, none twice
 
     samples = sampler.samples
