@@ -96,7 +96,8 @@ def main() -> None:
     subprocess.run([str(ROOT / "scripts/triton.sh"), "start"], env=env, check=True)
     startup = time.perf_counter() - t0
     try:
-        client = triton.connect(f"127.0.0.1:{PORT + 1}")
+        # The control key scripts/triton.sh generated: this benchmark reloads models with and without batching.
+        client = triton.TritonClient(f"127.0.0.1:{PORT + 1}", control_key=(home / "control.key").read_text())
         local_tagger, remote_tagger = YamnetTagger(), triton.TritonTagger(client)
         local_text, remote_text = SentenceEmbedder(), triton.TritonTextEmbedder(client)
         clips = [audio.load(p, 16_000) for p in sorted(LINCITY.glob("*.wav"))]

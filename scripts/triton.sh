@@ -5,7 +5,10 @@
 # Env: TRITON_HTTP_PORT (18000), TRITON_GRPC_PORT (18001), TRITON_METRICS_PORT (18002), TRITON_ADDRESS (127.0.0.1),
 #      TRITON_HOME_DIR (<repo>/.triton: pid, log, backend directory), TRITON_MODEL_REPOSITORY (deploy/triton/models),
 #      TRITON_MODELS (yamnet_patches,text_embedder: the models loaded at start, comma-separated),
-#      TRITON_START_TIMEOUT (180 s), TRITON_PYTHON (<repo>/.venv/bin/python: the models' Python and packages).
+#      TRITON_START_TIMEOUT (180 s), TRITON_PYTHON (<repo>/.venv/bin/python: the models' Python and packages),
+#      TRITON_CONTROL_KEY (default: random, kept in $TRITON_HOME_DIR/control.key, mode 600): the value of the
+#      triton-control-key header that model control (load, unload, repository index), shared memory, trace and
+#      logging calls must carry; inference, health, metadata, model config and statistics need none.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +28,15 @@ mkdir -p "$HOME_DIR"
 HOME_DIR=$(cd "$HOME_DIR" && pwd)
 PIDFILE=$HOME_DIR/tritonserver.pid
 LOG=$HOME_DIR/tritonserver.log
+KEYFILE=$HOME_DIR/control.key
+# What only a holder of the control key may call (Triton's names for its API groups, on gRPC and HTTP alike).
+RESTRICTED=model-repository,shared-memory,trace,logging
+
+control_key() {  # the given key, else this home's, else a new random one (the file readable by its owner only)
+  if [ -n "${TRITON_CONTROL_KEY:-}" ]; then printf '%s' "$TRITON_CONTROL_KEY"; return; fi
+  [ -s "$KEYFILE" ] || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$KEYFILE")
+  cat "$KEYFILE"
+}
 
 pid_alive() {  # the pid file names a live tritonserver (not a recycled pid)
   [ -f "$PIDFILE" ] || return 1
@@ -68,7 +80,8 @@ start() {
   [ -x "$PY" ] || fail "no Python at $PY (make setup, or set TRITON_PYTHON)"
   [ -d "$REPOSITORY" ] || fail "no model repository at $REPOSITORY"
   for p in "$HTTP_PORT" "$GRPC_PORT" "$METRICS_PORT"; do port_open "$p" && fail "port $p on $ADDRESS is already in use"; done
-  local dist backends libdir load=() model t0=$SECONDS
+  local dist backends libdir key load=() model t0=$SECONDS
+  key=$(control_key)
   IFS=, read -ra names <<<"$MODELS"
   for model in "${names[@]}"; do
     [ -f "$REPOSITORY/$model/config.pbtxt" ] || fail "no model '$model' in $REPOSITORY"
@@ -86,6 +99,8 @@ start() {
   PATH="$(dirname "$PY"):$PATH" \
   setsid nohup "$dist/bin/tritonserver" \
     --model-repository="$REPOSITORY" --model-control-mode=explicit "${load[@]}" \
+    --grpc-restricted-protocol="$RESTRICTED:triton-control-key=$key" \
+    --http-restricted-api="$RESTRICTED:triton-control-key=$key" \
     --backend-directory="$backends" \
     --http-address="$ADDRESS" --http-port="$HTTP_PORT" \
     --grpc-address="$ADDRESS" --grpc-port="$GRPC_PORT" \
@@ -114,7 +129,8 @@ stop() {
 status() {
   pid_alive || { echo "triton: not running"; return 3; }
   echo "triton: running (pid $(cat "$PIDFILE"), HTTP $ADDRESS:$HTTP_PORT, gRPC $ADDRESS:$GRPC_PORT, home $HOME_DIR)"
-  curl -fs -X POST "http://$ADDRESS:$HTTP_PORT/v2/repository/index" -d '{"ready": true}' && echo
+  curl -fs -X POST -H "triton-control-key: $(control_key)" "http://$ADDRESS:$HTTP_PORT/v2/repository/index" \
+    -d '{"ready": true}' && echo
 }
 
 case "${1:-}" in

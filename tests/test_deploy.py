@@ -9,6 +9,7 @@ chart's own rules are asserted over the objects. hadolint lints every Dockerfile
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
 import subprocess
@@ -312,6 +313,77 @@ def test_the_token_secret_is_rendered_or_referenced(case):
             assert len(secrets[ref["name"]]["data"][ref["key"]]) > 0
 
 
+def secret_data(docs: list[dict]) -> dict[str, str]:
+    """The chart's own Secret, decoded."""
+    secret = next(d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == "ah-auditoryhum")
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+def test_the_generated_token_and_keys_are_random_and_long():
+    values, docs = render(None)
+    assert not values["auth"]["token"]
+    first = secret_data(docs)
+    second = secret_data([d for d in yaml.safe_load_all(template(None).stdout) if d])
+    for key, length in (("auth-token", 40), ("session-secret", 64), ("triton-control-key", 64)):
+        assert re.fullmatch(rf"[A-Za-z0-9]{{{length}}}", first[key]), key
+        assert first[key] != second[key], f"{key} is the same in two installs"
+
+
+def test_the_review_ui_signs_sessions_with_the_release_secret_never_the_token(case):
+    _, docs = case
+    for doc in of_kind(docs, "Deployment"):
+        env = {e["name"]: e for e in doc["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+        if component(doc) == "review":
+            ref = env["AUDITORYHUM_SESSION_SECRET"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "ah-auditoryhum", "key": "session-secret"}
+        else:
+            assert "AUDITORYHUM_SESSION_SECRET" not in env
+
+
+def test_triton_model_control_needs_the_control_key_only_its_pod_holds(case):
+    values, docs = case
+    if not values["triton"]["enabled"]:
+        return
+    for doc in of_kind(docs, "Deployment"):
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        if component(doc) != "triton":
+            assert "TRITON_CONTROL_KEY" not in env
+            continue
+        assert env["TRITON_CONTROL_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ah-auditoryhum",
+                                                                          "key": "triton-control-key"}
+        flags = dict(a.split("=", 1) for a in container["args"] if a.startswith("--"))
+        assert flags["--model-control-mode"] == "explicit"
+        for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+            apis, _, header = flags[flag].partition(":")
+            assert {"model-repository", "shared-memory", "trace", "logging"} <= set(apis.split(","))
+            assert not {"inference", "health", "metadata"} & set(apis.split(","))
+            assert header == "triton-control-key=$(TRITON_CONTROL_KEY)"  # expanded by the kubelet from env
+
+
+def test_an_upgrade_keeps_the_generated_token_and_keys(tmp_path):
+    """helm install, then helm upgrade, on a real kube-apiserver: lookup reads the installed Secret back."""
+    from kubernetes import client, config
+
+    from tests.kube_apiserver import ApiServer
+
+    server = ApiServer(tmp_path, port=30240, etcd_port=30241)
+    server.start()
+    try:
+        kube = ["--kubeconfig", str(server.kubeconfig), "--namespace", "default"]
+        installed = helm("install", "ah", str(CHART), *kube)
+        assert installed.returncode == 0, installed.stderr
+        api = client.CoreV1Api(config.new_client_from_config(str(server.kubeconfig), persist_config=False))
+        before = api.read_namespaced_secret("ah-auditoryhum", "default").data
+        upgraded = helm("upgrade", "ah", str(CHART), *kube, "--set", "settings.batchSize=16")
+        assert upgraded.returncode == 0, upgraded.stderr
+        after = api.read_namespaced_secret("ah-auditoryhum", "default").data
+        assert {"auth-token", "session-secret", "triton-control-key"} <= before.keys()
+        assert after == before
+    finally:
+        server.stop()
+
+
 def test_triton_gets_gpus_only_when_asked(case):
     values, docs = case
     triton = [d for d in of_kind(docs, "Deployment") if component(d) == "triton"]
@@ -359,13 +431,18 @@ def test_the_service_monitor_scrapes_every_metrics_port():
     assert len(scraped) == 5 and all(any(p["name"] == "metrics" for p in s["spec"]["ports"]) for s in scraped)
 
 
-def test_network_policies_let_only_this_release_call_triton():
+def test_network_policies_let_only_this_release_s_services_call_triton():
     values, docs = render(OPERATORS)
     policies = {component(p): p for p in of_kind(docs, "NetworkPolicy")}
     assert policies.keys() == set(DEFAULT_PORTS) | {"triton"}
-    triton_from = policies["triton"]["spec"]["ingress"][0]["from"]
-    assert triton_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "auditoryhum",
-                                                            "app.kubernetes.io/instance": "ah"}}}]
+    calls, scrapes = policies["triton"]["spec"]["ingress"]
+    assert [p["port"] for p in calls["ports"]] == ["grpc"]  # not its HTTP port (probes come from the node)
+    assert calls["from"] == [{"podSelector": {
+        "matchLabels": {"app.kubernetes.io/name": "auditoryhum", "app.kubernetes.io/instance": "ah"},
+        "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
+                              "values": list(DEFAULT_PORTS)}]}}]
+    assert [p["port"] for p in scrapes["ports"]] == ["metrics"]
+    assert scrapes["from"] == values["networkPolicy"]["metricsFrom"]
     api_rule = policies["labeler"]["spec"]["ingress"][0]
     assert [p["port"] for p in api_rule["ports"]] == ["grpc"]
     assert api_rule["from"] == values["networkPolicy"]["apiFrom"]
@@ -381,6 +458,7 @@ def test_network_policies_let_only_this_release_call_triton():
     ("keda-and-hpa-values.yaml", "labeler: autoscaling.keda and autoscaling.hpa are both enabled"),
     ("two-reviews-values.yaml", "review.replicas: Must be less than or equal to 1"),
     ("managed-setting-values.yaml", 'settings.extra: Property name of "BOOTSTRAP" does not match'),
+    ("short-token-values.yaml", "auth.token: 21 characters; give 32 or more random ones, or none"),
 ])
 def test_broken_values_fail_with_a_clear_message(values, message):
     result = template(BROKEN / values)
@@ -440,5 +518,8 @@ def test_triton_image_is_pinned_non_root_and_serves_the_model_repository():
     assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", bases[-1]), bases
     assert re.findall(r"^USER (\S+)", dockerfile, re.M)[-1].split(":")[0] not in {"0", "root"}
     assert "COPY deploy/triton/models/ /opt/auditoryhum/models/" in dockerfile
+    # Model control needs a key, TRITON_CONTROL_KEY or a random one of the container's.
+    assert "api=model-repository,shared-memory,trace,logging;" in dockerfile
+    assert "--grpc-restricted-protocol=$api:triton-control-key=$key --http-restricted-api=$api:" in dockerfile
     chart = (CHART / "templates" / "triton.yaml").read_text()
     assert "--model-repository=/opt/auditoryhum/models" in chart

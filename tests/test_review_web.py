@@ -91,6 +91,30 @@ def test_without_the_token_everything_but_sign_in_is_refused(state):
     assert other.get("/").status_code == 303
 
 
+def test_wrong_tokens_are_rate_limited_per_client_and_the_right_one_still_works(state):
+    app = create_app(state.desk, token=TOKEN)  # the default limit: 10 wrong tokens, then one per 6 s
+    mallory = TestClient(app, base_url=BASE, follow_redirects=False, client=("203.0.113.9", 40000))
+    form = {"csrf": csrf_of(mallory.get("/signin").text), "name": "mallory"}
+    for i in range(10):
+        assert mallory.post("/signin", data={**form, "token": f"guess {i}"}).status_code == 401
+    limited = mallory.post("/signin", data={**form, "token": "guess 10"})
+    assert limited.status_code == 429 and 0 < int(limited.headers["retry-after"]) <= 6
+    assert "Too many wrong tokens" in limited.text
+    # Limited, the client learns nothing: even the right token, at sign-in or as a bearer token, gets 429.
+    assert mallory.post("/signin", data={**form, "token": TOKEN}).status_code == 429
+    bearer = mallory.get("/api/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bearer.status_code == 429 and bearer.headers["retry-after"]
+
+    # Wrong bearer tokens count too; other clients and right tokens are not affected.
+    eve = TestClient(app, base_url=BASE, client=("198.51.100.7", 40000))
+    assert [eve.get("/api/stats", headers={"Authorization": f"Bearer x{i}"}).status_code
+            for i in range(11)] == [401] * 10 + [429]
+    for _ in range(20):  # right tokens cost nothing
+        assert client(app).get("/api/stats", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    alice = signed_in(app, "alice", TOKEN)
+    assert alice.get("/").status_code == 200
+
+
 def test_sign_in_needs_a_name_and_only_redirects_within_the_site(state):
     c = client(create_app(state.desk))
     page = c.get("/signin?next=//evil.example/")

@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from auditoryhum import audio
 from auditoryhum.backends import ScoreItem, triton
@@ -35,6 +39,13 @@ class Server:
                     "TRITON_HTTP_PORT": str(http_port), "TRITON_GRPC_PORT": str(http_port + 1),
                     "TRITON_METRICS_PORT": str(http_port + 2)}
         self.url = f"127.0.0.1:{http_port + 1}"
+        self.http = f"http://127.0.0.1:{http_port}"
+        self.home = home
+
+    @property
+    def control_key(self) -> str:
+        """The model-control key scripts/triton.sh generated for this home."""
+        return (self.home / "control.key").read_text()
 
     def run(self, command: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(SCRIPT), command], env=self.env, capture_output=True, text=True, timeout=300)
@@ -56,8 +67,11 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def client(server) -> triton.TritonClient:
-    return triton.connect(server.url)
+def client(server) -> Iterator[triton.TritonClient]:
+    """A client holding the control key: the tests below load and unload models."""
+    client = triton.TritonClient(server.url, control_key=server.control_key)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +127,28 @@ def test_a_model_that_is_not_loaded_is_transient(client):
 def test_a_model_without_its_checkpoint_fails_to_load_clearly(client):
     with pytest.raises(RuntimeError, match="parameter 'model_path' is empty"):
         client.load("namer")
+
+
+def test_model_control_needs_the_control_key_and_inference_does_not(server, client):
+    stranger = triton.connect(server.url)  # what any pod (or local user) that reaches the port has: no key
+    with pytest.raises(PermissionError, match="restricted"):
+        stranger.unload("text_embedder")
+    with pytest.raises(PermissionError, match="restricted"):
+        stranger.load("namer")
+    raw = grpcclient.InferenceServerClient(server.url)
+    for call in (raw.get_model_repository_index, raw.get_system_shared_memory_status):
+        with pytest.raises(InferenceServerException, match="restricted"):
+            call(headers={triton.CONTROL_HEADER: "a guess"})
+    for path in ("/v2/repository/index", "/v2/repository/models/text_embedder/unload"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(server.http + path, data=b"{}", method="POST"))
+        assert refused.value.code == 403, path
+    # Inference, model config and statistics stay open; the key holder lists the repository.
+    assert triton.TritonTextEmbedder(stranger).embed(TEXTS[:2]).shape[0] == 2
+    assert stranger.statistics("text_embedder")[0] >= 2
+    index = raw.get_model_repository_index(headers={triton.CONTROL_HEADER: server.control_key})
+    assert {m.name for m in index.models if m.state == "READY"} == set(LITE.split(","))
+    raw.close()
 
 
 def test_bad_input_is_a_value_error(client):

@@ -7,6 +7,7 @@ reviewers' decisions flow through the stages as they are made, and "Finish revie
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from auditoryhum import audio, datasets, topics
-from auditoryhum.auth import check_bind
+from auditoryhum.auth import check_bind, warn_if_short
 from auditoryhum.bus.memory import InMemoryBus
 from auditoryhum.config import Settings
 from auditoryhum.labelers import labeler_specs
@@ -30,6 +31,8 @@ from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
 from auditoryhum.v1 import pipeline_pb2 as pb
+
+log = logging.getLogger("auditoryhum.pipeline")
 
 
 def audio_limits(settings: Settings) -> audio.AudioLimits:
@@ -72,6 +75,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
         raise ValueError("review in the browser or from an annotation file, not both")
     if review_ui is not None:
         check_bind(review_ui.host, review_ui.token)  # before minutes of labelling, not after
+        warn_if_short(review_ui.token, log)
     if settings.review_rank != "score" and len(labeler_specs(settings.labelers, settings.labeler_model)) < 2:
         raise NeedsLabelers(f"review rank {settings.review_rank} needs two or more labelers (--labelers): with one, "
                             "every clip's disagreement is 0")
@@ -157,7 +161,8 @@ def _annotate(desk: ReviewDesk, notes: list[Annotation], action: str, reviewer: 
 
 
 def _review(desk: ReviewDesk, ui: ReviewUi, dataset: str, threads: Threads) -> None:
-    """Serve the review queue until a reviewer clicks "Finish review"; undecided tasks then keep the model's label."""
+    """Serve the review queue until a reviewer clicks "Finish review"; undecided tasks then keep the model's label.
+    Sessions are signed with create_app's random key: a run's reviewers sign in once, for this run only."""
     from auditoryhum.review.web import UiServer, create_app
 
     pending = desk.stats(dataset).pending

@@ -46,6 +46,10 @@ UNREACHABLE = {"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.DEA
 TRANSIENT = UNREACHABLE | {"StatusCode.INTERNAL", "StatusCode.RESOURCE_EXHAUSTED"}
 # Codes meaning "never": this input is wrong and retrying it cannot help.
 BAD_INPUT = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE"}
+# Model control (load, unload, the repository index) answers only calls carrying the server's control key
+# (scripts/triton.sh and the chart start Triton with --grpc-restricted-protocol): gRPC prefixes the header's name.
+CONTROL_HEADER = "triton-grpc-protocol-triton-control-key"
+RESTRICTED = "This protocol is restricted"
 
 _MAX_MESSAGE = 2**31 - 1
 # tritonclient's defaults plus a short reconnect backoff: gRPC's own grows to 2 minutes, so a client would stay
@@ -71,6 +75,8 @@ def repository_config(model: str, repository: Path = REPOSITORY) -> ModelConfig:
 def _error(model: str, exc: InferenceServerException) -> Exception:
     status, message = exc.status() or "", exc.message() or str(exc)
     text = f"triton {model}: {message}"
+    if RESTRICTED in message:  # Triton answers a missing control key with UNAVAILABLE: no retry makes it right
+        return PermissionError(f"{text} (model control needs the server's control key)")
     if status in TRANSIENT:
         return TransientError(text, kind=MODEL_SERVER)
     if status in BAD_INPUT:
@@ -98,8 +104,10 @@ def _text(array: np.ndarray) -> str:
 class TritonClient:
     """A Triton server's gRPC client, shared by all backends and threads; get one with :func:`connect`."""
 
-    def __init__(self, url: str, timeout_s: float = 120.0):
+    def __init__(self, url: str, timeout_s: float = 120.0, control_key: str | None = None):
+        """``control_key``: the server's model-control key, needed only by :meth:`load` and :meth:`unload`."""
         self.url, self.timeout_s = url, timeout_s
+        self._control = {CONTROL_HEADER: control_key} if control_key else None
         self._client = grpcclient.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
 
     def infer_many(self, model: str, requests: Sequence[Mapping[str, np.ndarray]],
@@ -165,15 +173,17 @@ class TritonClient:
                 config.parameters[key].string_value = value
         override = json_format.MessageToJson(config, preserving_proto_field_name=True) if config else None
         try:
-            self._client.load_model(model, config=override, client_timeout=timeout_s)
+            self._client.load_model(model, config=override, headers=self._control, client_timeout=timeout_s)
         except InferenceServerException as exc:
+            if RESTRICTED in (exc.message() or ""):
+                raise _error(model, exc) from exc
             if exc.status() in UNREACHABLE:
                 raise TransientError(f"triton at {self.url}: {exc.message()}", kind=MODEL_SERVER) from exc
             raise RuntimeError(f"triton: loading {model} failed: {exc.message()}") from exc
 
     def unload(self, model: str) -> None:
         try:
-            self._client.unload_model(model, client_timeout=self.timeout_s)
+            self._client.unload_model(model, headers=self._control, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise _error(model, exc) from exc
 

@@ -5,13 +5,16 @@ that may contain speech): pages render it only through autoescaped templates, th
 Content-Security-Policy forbids inline script and style, so hostile text renders inert. A reviewer signs in with a
 name (and the token, when one is set), kept in a signed HttpOnly, SameSite=strict session cookie; every form carries
 the session's CSRF token, and a POST from another origin is refused. Without a token the UI answers only requests
-addressed to a loopback host name, so a web page cannot reach it through DNS rebinding.
+addressed to a loopback host name, so a web page cannot reach it through DNS rebinding. Wrong tokens, at sign-in or
+as a bearer token, are rate-limited per client address (:class:`~auditoryhum.auth.Throttle`): past the limit the
+client gets 429 with Retry-After, and no token of its is checked until then.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import socket
 import threading
@@ -35,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from auditoryhum.auth import bearer, check_bind, is_loopback, token_matches
+from auditoryhum.auth import Throttle, bearer, check_bind, is_loopback, token_matches
 from auditoryhum.review.desk import (MAX_REVIEWER_CHARS, LeaseHeld, ReviewDesk, ReviewError, TaskGone, TaskView,
                                      reviewer_name)
 from auditoryhum.v1 import pipeline_pb2 as pb
@@ -88,8 +91,9 @@ class _Guard:
 
 
 class _ReviewUi:
-    def __init__(self, desk: ReviewDesk, token: str | None, on_finish: Callable[[], None] | None, secret_key: bytes):
-        self.desk, self.token, self.on_finish = desk, token, on_finish
+    def __init__(self, desk: ReviewDesk, token: str | None, on_finish: Callable[[], None] | None, secret_key: bytes,
+                 throttle: Throttle):
+        self.desk, self.token, self.on_finish, self.throttle = desk, token, on_finish, throttle
         # What a signed-in session holds to prove it gave the token: changing the token signs everyone out.
         self.auth_mark = hmac.new(secret_key, b"token:" + token.encode(), hashlib.sha256).hexdigest() if token else ""
         self.finished = threading.Event()
@@ -102,8 +106,16 @@ class _ReviewUi:
     # -- identity, auth, CSRF ---------------------------------------------------------------------------------------
 
     def authorized(self, request: Request) -> bool:
-        if self.token is None or token_matches(bearer(request.headers.get("authorization")), self.token):
+        if self.token is None:
             return True
+        given = bearer(request.headers.get("authorization"))
+        if given is not None:
+            if wait := self.throttle.retry_after(_client(request)):
+                request.state.retry_after = wait  # not compared: refuse_api answers 429
+            elif token_matches(given, self.token):
+                return True
+            else:
+                self.throttle.failed(_client(request))
         return token_matches(request.session.get("auth"), self.auth_mark)
 
     def reviewer(self, request: Request) -> str | None:
@@ -136,7 +148,10 @@ class _ReviewUi:
             target = "/"
         return RedirectResponse(f"/signin?{urlencode({'next': target})}", 303)
 
-    def refuse_api(self) -> JSONResponse:
+    def refuse_api(self, request: Request) -> JSONResponse:
+        if wait := getattr(request.state, "retry_after", 0):
+            return JSONResponse({"error": "too many wrong tokens from this address: try again later"}, 429,
+                                headers={"Retry-After": str(math.ceil(wait))})
         return JSONResponse({"error": "a token is required: sign in, or send Authorization: Bearer <token>"}, 401,
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -163,8 +178,15 @@ class _ReviewUi:
             name = reviewer_name(str(form.get("name", "")))
         except ReviewError as exc:
             return self._signin(request, next_url, f"Give your name: {exc}.", 400)
-        if self.token is not None and not token_matches(str(form.get("token", "")), self.token):
-            return self._signin(request, next_url, "Wrong token.", 401)
+        if self.token is not None:
+            if wait := self.throttle.retry_after(_client(request)):  # refused before the token is even compared
+                page = self._signin(request, next_url, f"Too many wrong tokens from your address: try again in "
+                                    f"{math.ceil(wait)} s.", 429)
+                page.headers["Retry-After"] = str(math.ceil(wait))
+                return page
+            if not token_matches(str(form.get("token", "")), self.token):
+                self.throttle.failed(_client(request))
+                return self._signin(request, next_url, "Wrong token.", 401)
         request.session.clear()  # a fresh session (and CSRF token) for the signed-in reviewer
         request.session.update(reviewer=name, auth=self.auth_mark, csrf=secrets.token_urlsafe(32))
         return RedirectResponse(next_url, 303)
@@ -288,7 +310,7 @@ class _ReviewUi:
 
     async def audio(self, request: Request) -> Response:
         if not self.authorized(request):
-            return self.refuse_api()
+            return self.refuse_api(request)
         path = await run_in_threadpool(self.desk.audio_path, request.path_params["task_id"])
         if path is None:
             return PlainTextResponse("no audio for this task", 404)
@@ -296,7 +318,7 @@ class _ReviewUi:
 
     async def api_stats(self, request: Request) -> Response:
         if not self.authorized(request):
-            return self.refuse_api()
+            return self.refuse_api(request)
         stats = await run_in_threadpool(self.desk.stats, request.query_params.get("dataset", ""))
         body = {f.name: getattr(stats, f.name) for f in stats.DESCRIPTOR.fields}
         body["uplift"] = stats.mean_score_after - stats.mean_score_before if stats.scored_after else None
@@ -304,10 +326,16 @@ class _ReviewUi:
 
     async def api_labels(self, request: Request) -> Response:
         if not self.authorized(request):
-            return self.refuse_api()
+            return self.refuse_api(request)
         q = request.query_params
         labels = await run_in_threadpool(self.desk.labels, q.get("dataset", ""), q.get("q", "")[:100])
         return JSONResponse({"labels": labels})
+
+
+def _client(request: Request) -> str:
+    """Whom the sign-in limit counts: the peer's address (behind a proxy, the proxy's, unless uvicorn trusts it to
+    forward the client's)."""
+    return request.client.host if request.client else ""
 
 
 def _local(url: str) -> str:
@@ -316,12 +344,14 @@ def _local(url: str) -> str:
 
 
 def create_app(desk: ReviewDesk, *, token: str | None = None, on_finish: Callable[[], None] | None = None,
-               secret_key: bytes | None = None) -> Starlette:
+               secret_key: bytes | None = None, throttle: Throttle | None = None) -> Starlette:
     """The UI over ``desk``. ``on_finish`` adds a "Finish review" button that calls it once. ``secret_key`` signs the
-    session cookies (random by default: restarting signs everyone out)."""
+    session cookies (random by default: restarting signs everyone out; never derive it from the token, see
+    :func:`auditoryhum.auth.session_key`). ``throttle`` limits wrong tokens per client (default: 10, then one per
+    6 s)."""
     token = token or None
     secret_key = secret_key or secrets.token_bytes(32)
-    ui = _ReviewUi(desk, token, on_finish, secret_key)
+    ui = _ReviewUi(desk, token, on_finish, secret_key, throttle or Throttle())
     task = "/tasks/{task_id:path}"
     routes = [  # the task's sub-paths first: a task id may itself contain "/"
         Route(f"{task}/audio", ui.audio),

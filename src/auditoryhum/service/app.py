@@ -8,7 +8,6 @@ health service reports SERVING, so readiness means "can answer now".
 from __future__ import annotations
 
 import faulthandler
-import hashlib
 import logging
 import signal
 import threading
@@ -17,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Callable
 
-import prometheus_client
 from kafka.errors import KafkaError
 
 from auditoryhum import topics
-from auditoryhum.auth import check_bind
+from auditoryhum.auth import check_bind, session_key, warn_if_short
 from auditoryhum.bus import BusError
 from auditoryhum.bus.kafka import KafkaBus, ensure_topics
 from auditoryhum.models import Models
@@ -74,10 +72,9 @@ def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
         if s.ui_port:  # the reviewers' web UI, same token as the gRPC API
             from auditoryhum.review.web import UiServer, create_app
 
-            token = _token(s)
-            # Sessions signed with a key derived from the token survive restarts and hold across replicas.
-            key = hashlib.sha256(b"auditoryhum review session\0" + token.encode()).digest() if token else None
-            ui = UiServer(create_app(desk, token=token, secret_key=key), s.grpc_host, s.ui_port)
+            # Signed with the configured session secret, sessions survive restarts and hold across replicas.
+            key = session_key(s.session_secret.get_secret_value() if s.session_secret else None, log)
+            ui = UiServer(create_app(desk, token=_token(s), secret_key=key), s.grpc_host, s.ui_port)
             ui.start()
             stack.callback(ui.stop)
             log.info("review UI", extra={"url": ui.url})
@@ -136,6 +133,7 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     check_bind(settings.grpc_host, _token(settings))  # before anything starts
+    warn_if_short(_token(settings), log)
     ensure_topics(settings.bootstrap, topics.ALL, settings.partitions, replication_factor=settings.replication_factor)
     bus = KafkaBus(settings.bootstrap, client_id=f"auditoryhum-{name}", instance_id=settings.instance_id,
                    session_timeout_ms=settings.session_timeout_ms, stall_after_s=settings.stall_timeout_s,
@@ -150,7 +148,7 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
         grpc_port, metrics_port = settings.ports(name)
         server, health, port = grpc_server.build_server(servicers(worker), port=grpc_port, host=settings.grpc_host,
                                                         max_message_mb=settings.max_message_mb, token=_token(settings))
-        prometheus_client.start_http_server(metrics_port, addr=settings.grpc_host)
+        stack.callback(metrics.serve(metrics_port, settings.grpc_host).shutdown)
         server.start()
         log.info("serving", extra={"grpc_port": port, "metrics_port": metrics_port, "bootstrap": settings.bootstrap,
                                    "consumes": list(stage.consumes)})

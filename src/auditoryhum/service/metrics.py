@@ -5,10 +5,14 @@ Defined once per process on the default registry, so the ``/metrics`` endpoint o
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections import Counter as Tally
+from socketserver import ThreadingMixIn
 from typing import Sequence
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 from auditoryhum import errors, runner, topics
 from auditoryhum.bus import Record
@@ -38,6 +42,42 @@ OUTBOX_RECOVERED = Counter("auditoryhum_outbox_recovered", "Records a crashed (o
                            "by outcome: delivered (found on the bus, not sent again), resent", ["stage", "outcome"])
 STALL_KINDS = ("heartbeat", "unjoined", "idle")
 ERROR_KINDS = ("bus", errors.DATABASE, errors.STORAGE, errors.MODEL_SERVER, errors.TRANSIENT)
+
+
+PATH = "/metrics"
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # a scrape every few seconds is no news
+        pass
+
+
+def only_metrics(app):
+    """``app`` on /metrics; every other path 404 (prometheus_client's own app answers on any path)."""
+    def wsgi(environ, start_response):
+        if environ.get("PATH_INFO") != PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: metrics are at /metrics\n"]
+        return app(environ, start_response)
+
+    return wsgi
+
+
+def serve(port: int, host: str) -> WSGIServer:
+    """The default registry at http://host:port/metrics, on a daemon thread; ``shutdown()`` stops it. The services'
+    probes are gRPC health checks, so nothing else is served."""
+    server = make_server(host.strip("[]"), port, only_metrics(make_wsgi_app()), _Server6 if ":" in host else _Server,
+                         _Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 def start(stage: str, consumes: Sequence[str]) -> None:

@@ -43,6 +43,10 @@ class ServiceSettings(Settings):
     auth_token: SecretStr | None = Field(None, description="bearer token every gRPC call (health checks aside) and the "
                                                            "review web UI must present; required to bind beyond "
                                                            "loopback")
+    session_secret: SecretStr | None = Field(None, description="random secret that signs the review UI's session "
+                                                               "cookies; shared by replicas and restarts (unset: "
+                                                               "random per process, a restart signs reviewers "
+                                                               "out)")
     ui_port: int = Field(8080, ge=0, le=65535, description="the review service's web UI (0: no UI)")
     review_auto_accept: bool = Field(True, description="selected clips keep the model's label unless a "
                                                        "reviewer decides (false: wait for decisions)")
