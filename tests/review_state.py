@@ -13,6 +13,7 @@ from auditoryhum.bus.memory import InMemoryBus, InMemoryConsumer
 from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker, drain
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
+from auditoryhum.uris import UriPolicy
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 SOUNDS = Path("/usr/share/games/lincity-ng/sounds")
@@ -64,7 +65,7 @@ def review_state(alignments: list[pb.Alignment], fraction: float, lease_s: float
     for a in alignments:
         bus.publish(topics.ALIGNMENTS, a.clip.clip_id, a)
     drain([worker])
-    return ReviewState(bus, worker, ReviewDesk(worker, lease_s=lease_s), finals)
+    return ReviewState(bus, worker, ReviewDesk(worker, lease_s=lease_s, audio_uris=UriPolicy([str(SOUNDS)])), finals)
 
 
 def csrf_of(html: str) -> str:
