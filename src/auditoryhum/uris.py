@@ -2,9 +2,9 @@
 
 A clip's uri comes from whoever can write to Kafka or call the gRPC API, and the review UI serves the audio of
 whatever a task names; without a policy any server file or internal URL could be read, and the error text would
-tell whether it exists. So every such read goes through :meth:`UriPolicy.resolve` first, which answers from the
-URI's text alone (no file is opened, no connection made): a refused URI gets the same :data:`REFUSED` reason whether
-or not it exists.
+tell whether it exists. So every such read goes through :meth:`UriPolicy.resolve` first, before any file is opened
+or connection made (a local path's symlinks are read to resolve it, nothing more): a refused URI gets the same
+:data:`REFUSED` reason whether or not anything is there.
 
 - A prefix is a local folder (a path or a ``file://`` URL, the same thing) or a remote prefix
   (``s3://bucket/audio/``, ``http://host:8000/clips/``), comma-separated.
