@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,9 @@ from tests.kube_apiserver import ApiServer
 LINCITY = Path("/usr/share/games/lincity-ng/sounds")
 SIMUTRANS = Path("/usr/share/games/simutrans/pak/sound")
 TRAFFIC = sorted(LINCITY.glob("Trafic*.wav"))
+# Where the tests' services may read clips (AUDITORYHUM_ALLOWED_URIS): the temporary folders the tests write, and
+# the Debian recordings those folders link to.
+TEST_URIS = f"{Path(tempfile.gettempdir()).resolve()}/,{LINCITY}/,{SIMUTRANS}/"
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +32,7 @@ def models() -> Models:
 def kafka(tmp_path_factory) -> Iterator[LocalStack]:
     """A real Apache Kafka broker (scripts/kafka.sh) on its own ports, for the whole session."""
     stack = LocalStack(tmp_path_factory.mktemp("stack"), kafka_port=29092, port_base=29151, metrics_base=29161,
-                       triton_port=29100, ui_port=29171)
+                       triton_port=29100, ui_port=29171, allowed_uris=TEST_URIS)
     stack.start_kafka()
     yield stack
     stack.down()
@@ -40,7 +44,7 @@ def own_stack(home: Path, base: int, env: dict[str, str] | None = None,
     metrics base+61..64, UI base+71), for a test module whose faults or settings must not touch the session's.
     ``kafka``: brokers of its own instead of the single one on base (a cluster's ports must avoid the others)."""
     return LocalStack(home, kafka_port=base, port_base=base + 51, metrics_base=base + 61, triton_port=base + 20,
-                      ui_port=base + 71, env=env, kafka=kafka)
+                      ui_port=base + 71, env=env, kafka=kafka, allowed_uris=TEST_URIS)
 
 
 @pytest.fixture(scope="session")

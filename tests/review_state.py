@@ -13,7 +13,9 @@ from auditoryhum.bus.memory import InMemoryBus, InMemoryConsumer
 from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker, drain
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
+from auditoryhum.uris import UriPolicy
 from auditoryhum.v1 import pipeline_pb2 as pb
+from tests.conftest import TEST_URIS
 
 SOUNDS = Path("/usr/share/games/lincity-ng/sounds")
 # Hostile text as a model might write it after hearing speech; each sets a flag if it ever runs in a browser.
@@ -64,7 +66,7 @@ def review_state(alignments: list[pb.Alignment], fraction: float, lease_s: float
     for a in alignments:
         bus.publish(topics.ALIGNMENTS, a.clip.clip_id, a)
     drain([worker])
-    return ReviewState(bus, worker, ReviewDesk(worker, lease_s=lease_s), finals)
+    return ReviewState(bus, worker, ReviewDesk(worker, lease_s=lease_s, audio_uris=UriPolicy.parse(TEST_URIS)), finals)
 
 
 def csrf_of(html: str) -> str:

@@ -299,6 +299,24 @@ def test_every_setting_the_chart_sets_is_one_the_services_read(case):
         assert env["AUDITORYHUM_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
+def test_services_read_clips_only_from_the_data_mount_and_the_listed_prefixes(case):
+    values, docs = case
+    mount = values["data"]["mountPath"]
+    allowed = of_kind(docs, "ConfigMap")[0]["data"]["AUDITORYHUM_ALLOWED_URIS"].split(",")
+    assert allowed == [f"file://{mount}/", *values["data"]["allowedUris"]]
+    for doc in of_kind(docs, "Deployment"):
+        if component(doc) == "triton":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v}
+        if values["data"]["existingClaim"] and component(doc) != "clusterer":
+            assert mounts[mount]["readOnly"] and claims[mounts[mount]["name"]] == values["data"]["existingClaim"]
+        else:
+            assert mount not in mounts
+
+
 def test_the_token_secret_is_rendered_or_referenced(case):
     values, docs = case
     secrets = {d["metadata"]["name"]: d for d in of_kind(docs, "Secret")}

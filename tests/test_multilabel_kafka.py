@@ -19,7 +19,7 @@ from auditoryhum.runner import StageWorker, Threads
 from auditoryhum.service.app import WIRING
 from auditoryhum.service.settings import ServiceSettings
 from auditoryhum.v1 import pipeline_pb2 as pb
-from tests.conftest import LINCITY, SIMUTRANS
+from tests.conftest import LINCITY, SIMUTRANS, TEST_URIS
 
 pytestmark = pytest.mark.distributed
 FILES = [LINCITY / "TraficHigh1.wav", LINCITY / "School1.wav", SIMUTRANS / "forest.wav", SIMUTRANS / "seagulls.wav",
@@ -30,7 +30,7 @@ DATASET = "multi-labelers"
 def test_kafka_gives_every_clip_once_with_both_labelers_as_embedded(kafka, tiny_qwen2_audio, tmp_path):
     settings = ServiceSettings(bootstrap=kafka.bootstrap, labelers=f"yamnet,qwen={tiny_qwen2_audio}",
                                review_fraction=0.2, review_rank="disagreement", state_dir=str(tmp_path / "state"),
-                               partitions=2)
+                               partitions=2, allowed_uris=TEST_URIS)
     models = Models(settings)
     ensure_topics(settings.bootstrap, topics.ALL, settings.partitions)
     folder = tmp_path / "audio" / DATASET

@@ -24,14 +24,15 @@ from auditoryhum.bus.kafka import KafkaBus, ensure_topics, group_lag
 from auditoryhum.service.client import wait_for_taxonomy
 from auditoryhum.service.local import SERVICES, LocalStack
 from auditoryhum.v1 import pipeline_pb2 as pb
-from tests.conftest import LINCITY
+from tests.conftest import LINCITY, TEST_URIS
 from tests.test_distributed import metric
 
 pytestmark = pytest.mark.distributed
 
 ORDERS = list(itertools.permutations(SERVICES))
 CONSUME_S = 60.0  # from the last service ready to the taxonomy (done by then here); a stalled consumer never is
-PORTS = {"kafka_port": 29492, "port_base": 29451, "metrics_base": 29461, "triton_port": 29400, "ui_port": 0}
+PORTS = {"kafka_port": 29492, "port_base": 29451, "metrics_base": 29461, "triton_port": 29400, "ui_port": 0,
+         "allowed_uris": TEST_URIS}
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,9 @@ class AudioLimits:
     max_file_bytes: int = 512 * 1024 * 1024
     # Peak amplitude below this (≈ -90 dBFS) is digital silence: nothing for a model to describe.
     silence_peak: float = 3e-5
+    # Remote reads (http): a store that does not connect, or stops sending, is cut off (a transient storage error).
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def load_bytes(data: bytes, rate: int, limits: AudioLimits = AudioLimits()) -> A
 def _read_url(url: str, limits: AudioLimits) -> bytes:
     """The bytes of the object at ``url``, its size checked before anything is downloaded."""
     try:
-        fs, key = fsspec.core.url_to_fs(url)
+        fs, key = fsspec.core.url_to_fs(url, **_network_options(url, limits))
         size = fs.size(key)
     except Exception as exc:  # missing object, unknown protocol, driver not installed; or the store is away
         raise _url_error("cannot open", exc) from exc
@@ -110,6 +113,16 @@ def _read_url(url: str, limits: AudioLimits) -> bytes:
         raise _url_error("cannot read", exc) from exc
 
 
+def _network_options(url: str, limits: AudioLimits) -> dict:
+    """The timeouts, for the drivers installed that take them: fsspec's http(s) runs on aiohttp."""
+    if url.split("://", 1)[0].lower() not in ("http", "https"):
+        return {}
+    import aiohttp
+
+    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s,
+                                                               sock_read=limits.read_timeout_s)}}
+
+
 def _url_error(what: str, exc: Exception) -> Exception:
     """A store that is away for now is transient (the clip is retried later); anything else is this clip's fault.
     Drivers raise their own errors (aiohttp's, botocore's) besides OSError, so every error is sorted here."""
@@ -117,8 +130,14 @@ def _url_error(what: str, exc: Exception) -> Exception:
         cause = exc
         while cause.__cause__ is not None:  # the network's own words, not the wrapper's "file not found"
             cause = cause.__cause__
-        return TransientError(f"storage: {what}: {_short(cause)}", kind=STORAGE)
-    return AudioError(f"{what}: {_short(exc)}")
+        return TransientError(f"storage: {what}: {_remote_reason(cause)}", kind=STORAGE)
+    return AudioError(f"{what}: {_remote_reason(exc)}")
+
+
+def _remote_reason(exc: BaseException) -> str:
+    """An HTTP error by its status alone: its reason phrase is the server's text, which a client must not read."""
+    status = getattr(exc, "status", None)
+    return f"HTTP {status}" if isinstance(status, int) else _short(exc)
 
 
 def _check_size(size: int, limits: AudioLimits) -> None:

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # audio
     max_duration_s: float = Field(600.0, gt=0, description="longer clips are dead-lettered")
     max_file_mb: float = Field(512.0, gt=0)
+    allowed_uris: str = Field("", description="comma-separated folders and URL prefixes clips may be read from "
+                                              "(auditoryhum.uris); `run` also reads what its dataset lists")
+    uri_connect_timeout_s: float = Field(10.0, gt=0, description="connecting to a remote store (http)")
+    uri_read_timeout_s: float = Field(30.0, gt=0, description="longest wait for a remote store's next bytes; a "
+                                                               "stall is a transient storage error (retried)")
     # review
     review_fraction: float = Field(0.01, gt=0, le=1, description="lowest fraction of clip scores reviewed")
     review_threshold: float | None = Field(None, description="absolute score below which clips are reviewed")

@@ -30,6 +30,7 @@ from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
+from auditoryhum.uris import UriPolicy
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 log = logging.getLogger("auditoryhum.pipeline")
@@ -37,13 +38,18 @@ log = logging.getLogger("auditoryhum.pipeline")
 
 def audio_limits(settings: Settings) -> audio.AudioLimits:
     return audio.AudioLimits(max_duration_s=settings.max_duration_s,
-                             max_file_bytes=int(settings.max_file_mb * 1024 * 1024))
+                             max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+                             connect_timeout_s=settings.uri_connect_timeout_s,
+                             read_timeout_s=settings.uri_read_timeout_s)
 
 
-def audio_loader(settings: Settings) -> Callable[[pb.Clip, int], audio.Audio]:
-    """How the stages read a clip's audio, within the configured limits."""
+def audio_loader(settings: Settings, uris: UriPolicy | None = None) -> Callable[[pb.Clip, int], audio.Audio]:
+    """How the stages read a clip's audio, within the configured limits. ``uris``: the policy of clips that others
+    name (the services, a run's bus); None only where the caller named the files itself (`label`, `evaluate`)."""
     limits = audio_limits(settings)
-    return lambda clip, rate: audio.load(clip.uri, rate, limits)
+    if uris is None:
+        return lambda clip, rate: audio.load(clip.uri, rate, limits)
+    return lambda clip, rate: audio.load(uris.resolve(clip.uri), rate, limits)
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,10 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
     notes = read_annotations(annotations, found, dataset, settings.max_words) if annotations else []
     on_start(len(found.entries))
 
-    load_audio = audio_loader(settings)
+    # The run reads what the dataset it was given lists (symlinks and a CSV's absolute rows included), and the
+    # configured prefixes: nothing else, whatever a clip on its bus names.
+    uris = UriPolicy.parse(settings.allowed_uris, exact=(entry.uri for entry in found.entries))
+    load_audio = audio_loader(settings, uris)
     bus = InMemoryBus()
     writer = OutputWriter(out, on_clip_done)
     with ThreadPoolExecutor(settings.workers, thread_name_prefix="labeler") as executor:
@@ -119,7 +128,8 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
             _settle(bus, groups, threads)
             extra = {}
             if review_ui is not None:
-                _review(ReviewDesk(workers[2], settings.review_lease_s), review_ui, dataset, threads)
+                _review(ReviewDesk(workers[2], settings.review_lease_s, audio_uris=uris), review_ui, dataset,
+                        threads)
                 _settle(bus, groups, threads)
             if notes:
                 extra = _annotate(ReviewDesk(workers[2], settings.review_lease_s), notes, annotation_action,

@@ -24,6 +24,7 @@ from auditoryhum.runner import StageWorker
 from auditoryhum.stages.base import Out
 from auditoryhum.stages.review import ACTIONS, FINAL, PENDING, RELABELLING, RESCORING, ReviewStage
 from auditoryhum.store import review_clips, review_datasets, review_decisions
+from auditoryhum.uris import UriPolicy, UriRefused
 from auditoryhum.v1 import pipeline_pb2 as pb
 from auditoryhum.v1 import services_pb2 as api
 
@@ -73,11 +74,13 @@ class Outcome:
 
 
 class ReviewDesk:
-    def __init__(self, worker: StageWorker, lease_s: float = 300.0, clock: Callable[[], float] = time.time):
+    def __init__(self, worker: StageWorker, lease_s: float = 300.0, clock: Callable[[], float] = time.time, *,
+                 audio_uris: UriPolicy = UriPolicy()):
+        """``audio_uris``: the clips whose audio the desk serves (:meth:`audio_path`); by default none."""
         if not isinstance(worker.stage, ReviewStage):
             raise TypeError("the review desk needs the review stage's worker")
         self.worker, self.stage, self.store = worker, worker.stage, worker.stage.store
-        self.lease_s, self.clock = lease_s, clock
+        self.lease_s, self.clock, self.audio_uris = lease_s, clock, audio_uris
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
@@ -114,12 +117,16 @@ class ReviewDesk:
             return list(db.execute(query).scalars())
 
     def audio_path(self, task_id: str) -> Path | None:
-        """The local audio file of a pending task's clip: the only files the UI ever serves."""
+        """The local audio file of a pending task's clip inside the URI policy: the only files the UI ever serves.
+        None alike for a uri outside the policy, a remote one and a missing file, so no answer tells them apart."""
         view = self.task(task_id)
-        if view is None or "://" in view.uri and not view.uri.startswith("file://"):
+        if view is None:
             return None
-        path = Path(view.uri.removeprefix("file://"))
-        return path if path.is_file() else None
+        try:
+            path = Path(self.audio_uris.resolve(view.uri))
+        except UriRefused:
+            return None
+        return path if path.is_absolute() and path.is_file() else None
 
     def stats(self, dataset: str = "") -> api.ReviewStats:
         now = self.clock()

@@ -36,6 +36,7 @@ from auditoryhum.stages.review import ReviewPolicy, ReviewStage
 from auditoryhum.store import Store
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.reference import ALGORITHM as REFERENCE
+from auditoryhum.uris import UriPolicy
 from auditoryhum.v1 import services_pb2_grpc as rpc
 
 log = logging.getLogger("auditoryhum.service")
@@ -48,14 +49,14 @@ Wiring = tuple[Stage, Callable[[StageWorker], list[tuple[Callable, object]]]]
 
 def _labeler(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     executor = stack.enter_context(ThreadPoolExecutor(s.workers, thread_name_prefix="labeler"))
-    stage = LabelerStage(models.labelers, audio_loader(s), max_words=s.max_words, executor=executor,
-                         workers=s.workers)
+    stage = LabelerStage(models.labelers, audio_loader(s, UriPolicy.parse(s.allowed_uris)), max_words=s.max_words,
+                         executor=executor, workers=s.workers)
     return stage, lambda worker: [(rpc.add_LabelerServiceServicer_to_server,
                                    grpc_api.LabelerServicer(stage, audio_limits(s)))]
 
 
 def _aligner(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
-    stage = AlignerStage(models.scorer, audio_loader(s), models.scorer_rate,
+    stage = AlignerStage(models.scorer, audio_loader(s, UriPolicy.parse(s.allowed_uris)), models.scorer_rate,
                          keep_audio_embedding=s.representation == "class-vector", embedder=lambda: models.embedder)
     return stage, lambda worker: [(rpc.add_AlignerServiceServicer_to_server, grpc_api.AlignerServicer(stage, audio_limits(s)))]
 
@@ -68,7 +69,7 @@ def _review(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
                         s.max_words, store)
 
     def servicers(worker: StageWorker):
-        desk = ReviewDesk(worker, s.review_lease_s)
+        desk = ReviewDesk(worker, s.review_lease_s, audio_uris=UriPolicy.parse(s.allowed_uris))
         if s.ui_port:  # the reviewers' web UI, same token as the gRPC API
             from auditoryhum.review.web import UiServer, create_app
 

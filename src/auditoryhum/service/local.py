@@ -7,6 +7,7 @@ started.
 
     python -m auditoryhum.service.local up|down|status [--home .run] [--kafka-port 19092] [--port-base 50051]
                                                        [--triton-port 18000 | --no-triton]
+                                                       [--allowed-uris PREFIXES]
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ class KafkaCluster:
 class LocalStack:
     def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
                  triton_port: int | None = 18000, ui_port: int = 8080, env: dict[str, str] | None = None,
-                 kafka: KafkaCluster | None = None):
+                 kafka: KafkaCluster | None = None, allowed_uris: str | None = None):
         """``triton_port``: Triton's HTTP port (gRPC and metrics on the next two); None runs the models inside
         each service instead. ``ui_port``: the review service's web UI. ``env``: settings every service gets
         (``AUDITORYHUM_*``), e.g. a state URL or review policy. ``kafka``: the brokers, by default a single node
-        on ``kafka_port`` with its data in ``home/kafka``."""
+        on ``kafka_port`` with its data in ``home/kafka``. ``allowed_uris``: where the services may read clips
+        (AUDITORYHUM_ALLOWED_URIS); by default the environment's, else this checkout's ``data/`` folder."""
         self.home = home.resolve()
         self.ui_port = ui_port
         self.port_base, self.metrics_base = port_base, metrics_base
@@ -103,6 +105,8 @@ class LocalStack:
         self.triton_port = triton_port
         # The services' models: on this stack's Triton, or in each service.
         self.env = {"AUDITORYHUM_BACKEND": "triton", "AUDITORYHUM_TRITON_URL": self.triton_url} if triton_port else {}
+        self.env["AUDITORYHUM_ALLOWED_URIS"] = allowed_uris or os.environ.get("AUDITORYHUM_ALLOWED_URIS",
+                                                                              f"{ROOT / 'data'}/")
         self.env.update(env or {})
         self.home.mkdir(parents=True, exist_ok=True)
 
@@ -282,10 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--triton-port", type=int, default=18000, help="HTTP; gRPC and metrics on the next two")
     parser.add_argument("--no-triton", action="store_true", help="run the models inside each service instead")
     parser.add_argument("--ui-port", type=int, default=8080, help="the review service's web UI")
+    parser.add_argument("--allowed-uris", help="folders and URL prefixes the services read clips from (default: "
+                                               "$AUDITORYHUM_ALLOWED_URIS, else ./data/)")
     args = parser.parse_args(argv)
     stack = LocalStack(args.home, kafka_port=args.kafka_port, port_base=args.port_base,
                        metrics_base=args.metrics_base, triton_port=None if args.no_triton else args.triton_port,
-                       ui_port=args.ui_port)
+                       ui_port=args.ui_port, allowed_uris=args.allowed_uris)
     if args.command == "up":
         stack.up()
         for name in SERVICES:

@@ -37,6 +37,9 @@ class ServiceSettings(Settings):
     grpc_port: int | None = Field(None, ge=0, le=65535, description="default: 50051-50054 by service")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; default 9101-9104")
     max_message_mb: float = Field(16.0, gt=0, le=1024, description="largest gRPC message accepted or sent")
+    allowed_uris: str = Field("file:///data/", description="comma-separated folders and URL prefixes the services "
+                                                           "read clips from (auditoryhum.uris); default: the data "
+                                                           "volume the chart and the ingest Job mount")
     state_url: str | None = Field(None, description="SQLAlchemy URL of review/clusterer state; default "
                                                     "sqlite:///<state_dir>/<service>.db")
     state_dir: str = Field("state", description="folder of the default SQLite state files")
