@@ -51,7 +51,9 @@ def test_a_folder_gives_the_ids_order_and_classes_ingest_always_gave(folder):
     assert found.name == "city" and len(after) == 10
     assert [(c.clip_id, c.uri, c.ground_truth) for c in after] == before
     assert {c.ground_truth for c in after} == {"busy", "calm"}
-    assert found.skipped == [str(folder / "notes.txt")]  # reported; the hidden folder is left out altogether
+    # reported with the reason, the hidden folder too (once, not searched)
+    assert [(s.path, s.reason.split(" (")[0]) for s in found.skipped] == [
+        (str(folder / ".cache"), "hidden folder, not searched"), (str(folder / "notes.txt"), "no audio extension")]
 
 
 @pytest.mark.parametrize("store", ["file", "memory"])
@@ -65,7 +67,9 @@ def test_a_prefix_on_an_object_store_keeps_the_folders_ids(folder, memory, store
     assert [c.ground_truth for c in remote] == [c.ground_truth for c in local]
     assert all(c.uri.startswith(f"{store}://") for c in remote)
     assert [(c.duration_s, c.sample_rate) for c in remote] == [(c.duration_s, c.sample_rate) for c in local]
-    assert found.skipped == [f"{url}/notes.txt"]
+    assert [(s.path, s.reason) for s in found.skipped] == [
+        (f"{url}/.cache/hidden.wav", "hidden (a name on its path starts with '.')"),
+        (f"{url}/notes.txt", "no audio extension")]
 
 
 def test_audio_read_by_url_decodes_as_the_file_does(folder, memory):

@@ -57,7 +57,7 @@ def test_every_output_file_follows_the_contract(run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary == result.summary
     assert summary["clips"] == good + len(bad) and summary["dead_letters"] == len(bad)
-    assert summary["labelled"] == good and summary["skipped_files"][0].endswith("notes.txt")
+    assert summary["labelled"] == good and summary["skipped_files"][0]["path"].endswith("notes.txt")
     assert {"clips", "dead_letters", "unique_labels", "mu_c", "mu_1pct", "k", "lambda", "silhouette"} <= set(summary)
     labels = read(out / "labels.csv")
     alignments = read(out / "alignments.csv")

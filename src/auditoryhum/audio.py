@@ -4,13 +4,26 @@ Every way a file can be unusable raises :class:`AudioError` with a reason a pers
 turn it into a dead letter instead of stopping the run. An object store that cannot be reached now (refused, reset,
 timed out, overloaded) is not the file's fault: that raises :class:`~auditoryhum.errors.TransientError` of class
 storage, and the record is retried.
+
+Hostile input is bounded before it costs memory: the decoded size (channels × frames × 4 bytes) is checked from
+the header before any sample is decoded, and decoding goes block by block, counting, so a header that lies or
+does not know the length (a streaming encoder's FLAC or WAV) stops at the limit instead of at the end of memory.
+Only what a model can use leaves here: finite samples within range after the channel mix and after resampling,
+long enough, with a signal the model's rate still carries. A file cut short (fewer frames decode than its header
+declares, or an Ogg stream without its end page) is dead-lettered rather than labelled from a part of it.
+
+A local file whose name is not UTF-8 travels as a ``file://`` URL with its bytes percent-encoded (RFC 8089), since
+protobuf strings must be UTF-8; :func:`load` reads such a URL itself.
 """
 
 from __future__ import annotations
 
 import io
-import math
+import os
 import re
+import stat
+import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +37,14 @@ from auditoryhum.errors import STORAGE, TransientError, transient_kind
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"})
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count when the header does not say (FLAC total samples 0)
+_BLOCK_FRAMES = 1 << 16
+_MB = 1024 * 1024
+# The first bytes of the formats libsndfile reads, to say which kind of file is damaged.
+_MAGIC = ((b"RIFF", "WAV"), (b"RIFX", "WAV"), (b"RF64", "WAV"), (b"riff", "W64"), (b"fLaC", "FLAC"),
+          (b"OggS", "Ogg"), (b"ID3", "MP3"), (b"FORM", "AIFF"), (b".snd", "AU"), (b"caff", "CAF"))
+# libsndfile messages that mislead about a damaged file ("possibly a pipe?" for a corrupt MP3): left out of reasons.
+_MISLEADING = ("does not exist", "Garbled error", "System error", "SF_INFO struct", "unimplemented format")
 
 
 class AudioError(ValueError):
@@ -33,12 +54,36 @@ class AudioError(ValueError):
 @dataclass(frozen=True)
 class AudioLimits:
     max_duration_s: float = 600.0
-    max_file_bytes: int = 512 * 1024 * 1024
+    max_file_bytes: int = 512 * _MB
+    # channels × frames × 4 bytes: 600 s of 48 kHz stereo fits; 8 channels at 384 kHz for 590 s (7.2 GB) does not.
+    max_decoded_bytes: int = 256 * _MB
+    min_duration_s: float = 0.1
     # Peak amplitude below this (≈ -90 dBFS) is digital silence: nothing for a model to describe.
     silence_peak: float = 3e-5
+    # Audio is within ±1 (a float master may overshoot a little); beyond +60 dBFS it is damaged or mis-scaled data,
+    # and its power overflows the model's log-mel features.
+    max_peak: float = 1000.0
+    # All the inline audio of one gRPC call together (a :class:`DecodeBudget` per call).
+    max_request_decoded_bytes: int = 512 * _MB
     # Remote reads (http): a store that does not connect, or stops sending, is cut off (a transient storage error).
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+
+
+class DecodeBudget:
+    """The decoded bytes one request may spend across all its clips (a gRPC call's inline audio); thread-safe."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.left = limit_bytes, limit_bytes
+        self._lock = threading.Lock()
+
+    def spend(self, n: int) -> None:
+        with self._lock:
+            if n > self.left:
+                raise AudioError(f"the request's decoded-audio budget is spent: its clips decode to more than "
+                                 f"{self.limit / _MB:g} MB (max_request_decoded_mb); send fewer or shorter clips "
+                                 "per call")
+            self.left -= n
 
 
 @dataclass(frozen=True)
@@ -58,11 +103,41 @@ def is_url(uri: str | Path) -> bool:
     return isinstance(uri, str) and bool(_URL.match(uri))
 
 
+def local_path(uri: str | Path) -> str | None:
+    """The local path that ``uri`` names (a path, or a ``file://`` URL, percent-decoded to the name's bytes), or
+    None for a URL of another scheme."""
+    if not is_url(uri):
+        return os.fspath(uri)
+    if not uri.lower().startswith("file://"):
+        return None
+    rest = uri[len("file://"):]
+    rest = rest[len("localhost"):] if rest.lower().startswith("localhost/") else rest
+    return os.fsdecode(urllib.parse.unquote_to_bytes(rest))
+
+
+def file_url(path: str | Path) -> str:
+    """``path`` as a ``file://`` URL with every byte of its name that is not a plain URL character percent-encoded:
+    a string protobuf can carry even when the name is not UTF-8."""
+    return "file://" + urllib.parse.quote(os.fsencode(os.path.abspath(path)), safe="/")
+
+
+def path_uri(path: str | Path) -> str:
+    """How a local file travels in a clip: its path as it is, or its :func:`file_url` where the name is not UTF-8."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes: the OS gave bytes that are not UTF-8
+        return file_url(text)
+    return text
+
+
 def probe(path: str | Path) -> sf._SoundFileInfo:
     """Header facts (rate, channels, frames) without decoding the samples; a URL's object is read only as far as
     its header."""
-    if not is_url(path):
-        return _info(str(path))
+    local = local_path(path)
+    if local is not None:
+        _check_regular(local)
+        return _info(local)
     try:
         fs, key = fsspec.core.url_to_fs(path)
         f = fs.open(key, "rb")
@@ -74,27 +149,43 @@ def probe(path: str | Path) -> sf._SoundFileInfo:
 
 def _info(source: str | BinaryIO) -> sf._SoundFileInfo:
     try:
-        return sf.info(source)
+        return sf.info(os.fsencode(source) if isinstance(source, str) else source)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"not readable as audio: {_short(exc)}") from exc
+        raise AudioError(_unreadable(source, exc)) from exc
 
 
-def load(path: str | Path, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:
+def load(path: str | Path, rate: int, limits: AudioLimits = AudioLimits(),
+         budget: DecodeBudget | None = None) -> Audio:
     """Decode ``path`` (a file, or any fsspec URL) to mono float32 at ``rate`` Hz, checking size, length and
     content first."""
-    if is_url(path):
-        return load_bytes(_read_url(path, limits), rate, limits)
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise AudioError(f"cannot open: {_short(exc)}") from exc
-    return _decode(str(path), size, rate, limits)
+    local = local_path(path)
+    if local is None:
+        return load_bytes(_read_url(path, limits), rate, limits, budget)
+    return _decode(local, _check_regular(local), rate, limits, budget)
 
 
-def load_bytes(data: bytes, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:
+def load_bytes(data: bytes, rate: int, limits: AudioLimits = AudioLimits(),
+               budget: DecodeBudget | None = None) -> Audio:
     """Decode an encoded audio file held in memory (a clip sent to the API) with the same checks as :func:`load`."""
-    return _decode(io.BytesIO(data), len(data), rate, limits)
+    return _decode(io.BytesIO(data), len(data), rate, limits, budget)
+
+
+def _check_regular(path: str) -> int:
+    """The size of the regular file at ``path``; a device, FIFO or folder is refused before it is opened (opening
+    a FIFO blocks, /dev/zero never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise AudioError(f"cannot open: {exc.strerror or _short(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f"not a regular file ({file_kind(st.st_mode)}): only regular files are read as audio")
+    return st.st_size
+
+
+def file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def _read_url(url: str, limits: AudioLimits) -> bytes:
@@ -147,45 +238,162 @@ def _check_size(size: int, limits: AudioLimits) -> None:
         raise AudioError(f"file too large: {size} bytes > limit {limits.max_file_bytes}")
 
 
-def _decode(source: str | BinaryIO, size: int, rate: int, limits: AudioLimits) -> Audio:
+def _decode(source: str | BinaryIO, size: int, rate: int, limits: AudioLimits, budget: DecodeBudget | None) -> Audio:
     _check_size(size, limits)
     try:
-        # One open serves the header checks and the decode, so an in-memory source is never rewound.
-        f = sf.SoundFile(source)
+        # One open serves the header checks and the decode, so an in-memory source is never rewound. A path goes
+        # as bytes: soundfile encodes a str name strictly, and a name that is not UTF-8 would fail.
+        f = sf.SoundFile(os.fsencode(source) if isinstance(source, str) else source)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"not readable as audio: {_short(exc)}") from exc
+        raise AudioError(_unreadable(source, exc)) from exc
     with f:
-        if f.frames <= 0 or f.samplerate <= 0:
+        if f.frames <= 0 or f.samplerate <= 0 or f.channels <= 0:
             raise AudioError("no audio frames")
-        duration = f.frames / f.samplerate
-        if duration > limits.max_duration_s:
-            raise AudioError(f"too long: {duration:.1f} s > limit {limits.max_duration_s:g} s")
-        try:
-            if f.subtype == "PCM_16":  # libsndfile's int→float conversion costs 4x a numpy scale
-                data = f.read(dtype="int16", always_2d=True).astype(np.float32) * np.float32(1 / 32768)
-            else:
-                data = f.read(dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise AudioError(f"decoding failed: {_short(exc)}") from exc
-        return to_model_input(data, f.samplerate, rate, limits)
+        declared = f.frames if f.frames < UNKNOWN_LENGTH else None
+        if declared is not None:  # from the header, before any sample is decoded
+            _check_length(declared, f.samplerate, f.channels, limits, budget, known=True)
+        mono = _read_mono(f, declared, limits, budget)
+        if f.format == "OGG" and not _ogg_ended(source):
+            raise AudioError(f"truncated: the Ogg stream stops after {len(mono) / f.samplerate:.1f} s without its "
+                             "end page (the file was cut short); copy or download it again")
+        return to_model_input(mono[:, None], f.samplerate, rate, limits, channels=f.channels)
 
 
-def to_model_input(data: np.ndarray, source_rate: int, rate: int, limits: AudioLimits = AudioLimits()) -> Audio:
-    """Validate decoded samples ``[frames, channels]`` and convert them to mono at ``rate`` Hz."""
+def _check_length(frames: int, source_rate: int, channels: int, limits: AudioLimits, budget: DecodeBudget | None,
+                  *, known: bool) -> None:
+    """Duration and decoded size of ``frames``: all of them from the header (``known``), or those decoded so far of
+    a file whose header does not say how long it is."""
+    more = "" if known else "more than "
+    duration = frames / source_rate
+    if duration > limits.max_duration_s:
+        raise AudioError(f"too long: {more}{duration:.1f} s > limit {limits.max_duration_s:g} s (max_duration_s)")
+    decoded = frames * channels * 4
+    if decoded > limits.max_decoded_bytes:
+        raise AudioError(f"decoded size too large: {more}{decoded / _MB:.0f} MB ({channels} channels × "
+                         f"{source_rate} Hz × {duration:.1f} s) > limit {limits.max_decoded_bytes / _MB:g} MB "
+                         "(max_decoded_mb); downmix or resample it first")
+    if budget is not None and known:
+        budget.spend(decoded)
+
+
+def _read_mono(f: sf.SoundFile, declared: int | None, limits: AudioLimits, budget: DecodeBudget | None) -> np.ndarray:
+    """Decode block by block, mixing each to mono (in float64: ±3e38 in two channels must not sum to inf) and
+    counting, so memory holds one block of all channels and the mono signal, never the whole decoded file."""
+    as_int16 = f.subtype == "PCM_16"  # libsndfile's int→float conversion costs 4x a numpy scale
+    scale = 1 / 32768 if as_int16 else 1.0
+    block = np.empty((_BLOCK_FRAMES, f.channels), np.int16 if as_int16 else np.float32)
+    blocks, frames = [], 0
+    while n := _read_block(f, block, frames, declared):
+        frames += n
+        if declared is None:
+            _check_length(frames, f.samplerate, f.channels, limits, None, known=False)
+            if budget is not None:
+                budget.spend(n * f.channels * 4)
+        mixed = (block[:n].mean(axis=1, dtype=np.float64) * scale).astype(np.float32) if f.channels > 1 \
+            else block[:n, 0].astype(np.float32) * np.float32(scale)
+        _check_samples(mixed, limits, "after the channel mix")
+        blocks.append(mixed)
+    if declared is not None and frames < 0.9 * declared:
+        raise AudioError(f"truncated: {frames / f.samplerate:.1f} s of the {declared / f.samplerate:.1f} s its "
+                         "header declares decode (the file was cut short); copy or download it again")
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def _read_block(f: sf.SoundFile, out: np.ndarray, done: int, declared: int | None) -> int:
+    """Frames decoded into ``out`` by libsndfile's own sf_readf_*: soundfile's read seeks around every call, which
+    fails on a FLAC of unknown length, and it drops the frames a damaged file still gave before its error. An error
+    after some frames of a file of known length ends the decode (the truncation check reports it)."""
+    ctype = "short" if out.dtype == np.int16 else "float"
+    n = getattr(sf._snd, f"sf_readf_{ctype}")(f._file, sf._ffi.cast(ctype + "*", out.ctypes.data), len(out))
+    if n <= 0 and (code := sf._snd.sf_error(f._file)) and not (declared and done):
+        detail = sf._ffi.string(sf._snd.sf_error_number(code)).decode("utf-8", "replace")
+        raise AudioError(f"damaged {f.format} file: decoding fails after {done / f.samplerate:.1f} s ({detail}); "
+                         "check that it plays, then copy or re-encode it again")
+    return max(n, 0)
+
+
+def _ogg_ended(source: str | BinaryIO) -> bool:
+    """Whether the last Ogg page in ``source`` carries the end-of-stream flag: a cut file's last page does not."""
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+            tail = f.read()
+    else:
+        tail = source.getvalue()[-65536:]
+    at = tail.rfind(b"OggS")
+    return at >= 0 and len(tail) > at + 5 and bool(tail[at + 5] & 0x04)
+
+
+def to_model_input(data: np.ndarray, source_rate: int, rate: int, limits: AudioLimits = AudioLimits(), *,
+                   channels: int | None = None) -> Audio:
+    """Validate decoded samples ``[frames, channels]`` and convert them to mono at ``rate`` Hz. The checks run on
+    what the model gets: after the channel mix and after resampling."""
     if data.ndim == 1:
         data = data[:, None]
     if data.shape[0] == 0:
         raise AudioError("no audio frames")
-    peak = float(np.max(np.abs(data)))  # NaN and inf propagate into the peak: one pass checks both
-    if not math.isfinite(peak):
-        raise AudioError("samples contain NaN or infinity")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if peak < limits.silence_peak:
+    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32) if data.shape[1] > 1 else data[:, 0]
+    _check_samples(mono, limits, "after the channel mix")
+    duration = len(mono) / source_rate
+    if duration < limits.min_duration_s:
+        raise AudioError(f"too short: {duration * 1000:.1f} ms < {limits.min_duration_s * 1000:g} ms "
+                         "(min_duration_s): too little for a model to describe")
+    model = soxr.resample(mono, source_rate, rate, quality="HQ") if source_rate != rate else mono
+    # soxr's high-quality polyphase resampler; a plain FFT or linear resample would alias into the tagger's bands.
+    _check_samples(model, limits, "after resampling")
+    _check_signal(mono, model, rate, limits)
+    return Audio(np.ascontiguousarray(model, dtype=np.float32), rate, int(source_rate),
+                 int(channels or data.shape[1]))
+
+
+def _check_samples(x: np.ndarray, limits: AudioLimits, where: str) -> None:
+    peak = float(np.max(np.abs(x))) if x.size else 0.0  # NaN and inf propagate into the peak: one pass checks all
+    if not np.isfinite(peak):
+        raise AudioError(f"samples contain NaN or infinity (or values beyond float32) {where}: the file is damaged "
+                         "or not audio")
+    if peak > limits.max_peak:
+        raise AudioError(f"samples out of range {where}: peak {peak:.3g} (audio lies within ±1; this is damaged "
+                         "or mis-scaled data, not sound)")
+
+
+def _check_signal(source: np.ndarray, model: np.ndarray, rate: int, limits: AudioLimits) -> None:
+    """Refuse what holds nothing a model at ``rate`` can hear, with which kind of nothing it is. The resampler rings
+    for a few ms where a sound starts or stops at the file's edges: those 10 ms are not counted as signal."""
+    edge = rate // 100 if len(model) > 4 * (rate // 100) and len(source) != len(model) else 0
+    if _peak_ac(model[edge:len(model) - edge]) >= limits.silence_peak:
+        return
+    if float(np.max(np.abs(source))) < limits.silence_peak:
         raise AudioError("silent: peak amplitude below -90 dBFS")
-    if source_rate != rate:
-        # soxr's high-quality polyphase resampler; a plain FFT or linear resample would alias into the tagger's bands.
-        mono = soxr.resample(mono, source_rate, rate, quality="HQ")
-    return Audio(np.ascontiguousarray(mono, dtype=np.float32), rate, int(source_rate), int(data.shape[1]))
+    if _peak_ac(source) < limits.silence_peak:
+        raise AudioError("no signal: a constant (DC) level only, no sound")
+    raise AudioError(f"no signal below {rate // 2} Hz: the sound lies above what the model hears at {rate} Hz "
+                     "(an ultrasonic recording or a pilot tone)")
+
+
+def _peak_ac(x: np.ndarray) -> float:
+    return float(np.max(np.abs(x - x.mean(dtype=np.float64)))) if x.size else 0.0
+
+
+def _unreadable(source: str | BinaryIO, exc: BaseException) -> str:
+    """Why libsndfile cannot open ``source``, in words a person can act on: which kind of file it claims to be."""
+    try:
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                head = f.read(12)
+        else:
+            head = source.getvalue()[:12]
+    except OSError:
+        head = b""
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind is None and len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        kind = "MP3"  # an MPEG audio frame sync
+    detail = re.sub(r"^Error opening .*?: ", "", _short(exc))
+    detail = "" if any(words in detail for words in _MISLEADING) else f" ({detail.rstrip('.')})"
+    if kind is None:
+        return ("not readable as audio: no WAV, FLAC, Ogg, MP3, AIFF or AU header at its start (another format "
+                f"with an audio extension?); convert it to WAV or FLAC{detail}")
+    return (f"not readable as audio: damaged {kind} file, its header or first frames cannot be decoded{detail}; "
+            "check that it plays, then copy or re-encode it again")
 
 
 def _short(exc: BaseException) -> str:

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     # audio
     max_duration_s: float = Field(600.0, gt=0, description="longer clips are dead-lettered")
     max_file_mb: float = Field(512.0, gt=0)
+    max_decoded_mb: float = Field(256.0, gt=0, description="a clip's decoded size (channels × frames × 4 bytes), "
+                                                           "checked from its header before decoding: larger clips "
+                                                           "are dead-lettered")
+    min_duration_s: float = Field(0.1, ge=0, description="shorter clips are dead-lettered")
+    max_request_decoded_mb: float = Field(512.0, gt=0, description="decoded size of all the audio sent inline in one "
+                                                                   "gRPC call (LabelClips, Score)")
     allowed_uris: str = Field("", description="comma-separated folders and URL prefixes clips may be read from "
                                               "(auditoryhum.uris); `run` also reads what its dataset lists")
     uri_connect_timeout_s: float = Field(10.0, gt=0, description="connecting to a remote store (http)")

@@ -48,7 +48,7 @@ class Manifest:
     source: str
     name: str  # the default dataset name
     entries: list[Entry] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # not audio by extension: reported, never silently ignored
+    skipped: list[ingest.Skipped] = field(default_factory=list)  # with the reason, never silently ignored
 
     def shard(self, index: int, count: int) -> list[Entry]:
         if count < 1 or not 0 <= index < count:
@@ -84,8 +84,8 @@ def _folder(root: Path, class_from_folder: bool) -> Manifest:
     entries = []
     for path in found.files:
         key = path.relative_to(root).as_posix()
-        entries.append(Entry(str(path.resolve()), key, _folder_class(key, class_from_folder)))
-    return Manifest(str(root), root.resolve().name, entries, [str(p) for p in found.skipped])
+        entries.append(Entry(audio.path_uri(path.resolve()), key, _folder_class(key, class_from_folder)))
+    return Manifest(str(root), root.resolve().name, entries, found.skipped)
 
 
 def _prefix(url: str, class_from_folder: bool) -> Manifest:
@@ -98,14 +98,16 @@ def _prefix(url: str, class_from_folder: bool) -> Manifest:
     if paths is None:
         raise ManifestError(f"{url}: no such prefix (or it holds no objects)")
     manifest = Manifest(url, PurePosixPath(root).name or "dataset")
+    # Local objects as percent-encoded file:// URLs, which audio.load decodes back to the name's bytes.
+    uri_of = audio.file_url if "file" in fs.protocol else fs.unstrip_protocol
     for path in paths:
         key = posixpath.relpath(path, root)
         if any(part.startswith(".") for part in PurePosixPath(key).parts):
-            continue
-        if PurePosixPath(key).suffix.lower() in audio.AUDIO_EXTENSIONS:
-            manifest.entries.append(Entry(fs.unstrip_protocol(path), key, _folder_class(key, class_from_folder)))
+            manifest.skipped.append(ingest.Skipped(uri_of(path), "hidden (a name on its path starts with '.')"))
+        elif PurePosixPath(key).suffix.lower() in audio.AUDIO_EXTENSIONS:
+            manifest.entries.append(Entry(uri_of(path), key, _folder_class(key, class_from_folder)))
         else:
-            manifest.skipped.append(fs.unstrip_protocol(path))
+            manifest.skipped.append(ingest.Skipped(uri_of(path), "no audio extension"))
     return manifest
 
 

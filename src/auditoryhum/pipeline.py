@@ -39,6 +39,9 @@ log = logging.getLogger("auditoryhum.pipeline")
 def audio_limits(settings: Settings) -> audio.AudioLimits:
     return audio.AudioLimits(max_duration_s=settings.max_duration_s,
                              max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+                             max_decoded_bytes=int(settings.max_decoded_mb * 1024 * 1024),
+                             min_duration_s=settings.min_duration_s,
+                             max_request_decoded_bytes=int(settings.max_request_decoded_mb * 1024 * 1024),
                              connect_timeout_s=settings.uri_connect_timeout_s,
                              read_timeout_s=settings.uri_read_timeout_s)
 
@@ -141,7 +144,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                 calibrated = None  # nobody decided and nobody asked
     elapsed = time.perf_counter() - started
     summary = writer.finish(dataset, models.embedder, {
-        "skipped_files": found.skipped,
+        "skipped_files": [skipped.as_dict() for skipped in found.skipped],
         "seconds": round(elapsed, 3),
         "clips_per_s": round(len(found.entries) / elapsed, 2) if elapsed > 0 else None,
         # What `evaluate --truth` rebuilds the run's scorer from; a service's settings (URLs, tokens) stay out.

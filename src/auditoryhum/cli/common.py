@@ -35,7 +35,9 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
 
 
 def bad_file(path: Path, exc: Exception) -> typer.Exit:
-    typer.echo(f"{path}: {exc}", err=True)
+    from auditoryhum.audio import path_uri
+
+    typer.echo(f"{path_uri(path)}: {exc}", err=True)  # a name that is not UTF-8 as its file:// URL: printable
     return typer.Exit(1)
 
 

@@ -11,10 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from auditoryhum.audio import AUDIO_EXTENSIONS, AudioError
+from auditoryhum.audio import AUDIO_EXTENSIONS, AudioError, path_uri
 from auditoryhum.backends import ScoreItem
 from auditoryhum.cli.common import app, bad_file, console, fmt, load_settings
 from auditoryhum.labels import parse_labels
+
+SHOW_SKIPPED = 20  # skipped entries listed after a run; summary.json has them all
 
 
 @app.command()
@@ -184,8 +186,13 @@ def _print_summary(summary: dict, out: Path) -> None:
     Console().print(table)
     if not summary["clips"]:
         console.print(f"[yellow]no audio files found (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})")
-    if summary["skipped_files"]:
-        console.print(f"[yellow]skipped {len(summary['skipped_files'])} file(s) without an audio extension")
+    if skipped := summary["skipped_files"]:
+        console.print(f"[yellow]skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} (all in "
+                      f"{out / 'summary.json'}, skipped_files):", highlight=False)
+        for entry in skipped[:SHOW_SKIPPED]:
+            console.print(f"  {entry['path']}: {entry['reason']}", markup=False, highlight=False)
+        if len(skipped) > SHOW_SKIPPED:
+            console.print(f"  … and {len(skipped) - SHOW_SKIPPED} more", highlight=False)
 
 
 def _calibration_line(calibration: dict) -> str:
@@ -226,21 +233,22 @@ def score(paths: list[Path] = typer.Argument(..., help="Audio files."),
             audio = _load(models, path, models.scorer_rate)
             scores = models.scorer.score_batch([ScoreItem(labels, audio=lambda: audio)])[0].scores
         except AudioError as exc:
-            typer.echo(f"{path}: {exc}", err=True)
+            typer.echo(f"{path_uri(path)}: {exc}", err=True)
             failed = True
             continue
         if as_json:
-            typer.echo(json.dumps({"path": str(path), "scores": [{"label": l, "score": round(float(s), 6)}
+            typer.echo(json.dumps({"path": path_uri(path), "scores": [{"label": l, "score": round(float(s), 6)}
                                                                for l, s in zip(labels, scores)]}))
         else:
             for l, s in zip(labels, scores):
-                typer.echo(f"{path}\t{l}\t{s:.4f}")
+                typer.echo(f"{path_uri(path)}\t{l}\t{s:.4f}")
     if failed:
         raise typer.Exit(1)
 
 
 def _load(models, path: Path, rate: int | None = None):
-    from auditoryhum.pipeline import audio_loader
-    from auditoryhum.v1 import pipeline_pb2 as pb
+    from auditoryhum.audio import load
+    from auditoryhum.pipeline import audio_limits
 
-    return audio_loader(models.settings)(pb.Clip(uri=str(path)), rate or models.labeler.sample_rate)
+    # The path itself, not a clip message: a name that is not UTF-8 fits no protobuf string.
+    return load(path, rate or models.labeler.sample_rate, audio_limits(models.settings))

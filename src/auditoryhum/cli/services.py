@@ -119,7 +119,8 @@ def ingest_command(
     except BusError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    result = {"dataset": dataset, "clips": len(found.entries), "announced": announce, "skipped_files": found.skipped}
+    result = {"dataset": dataset, "clips": len(found.entries), "announced": announce,
+              "skipped_files": [skipped.as_dict() for skipped in found.skipped]}
     if on_kubernetes:
         try:
             created = kube.submit_job(api, namespace, job)

@@ -100,9 +100,10 @@ class LabelerServicer(api_grpc.LabelerServiceServicer):
         if request.inline:
             clips = [inline_clip(item) for item in request.inline]
             blobs = {clip.clip_id: item.data for clip, item in zip(clips, request.inline)}
+            budget = audio.DecodeBudget(self.limits.max_request_decoded_bytes)  # all the call's clips together
             # The same model behind a loader of this request's bytes: the handler itself stays unchanged.
             inline = LabelerStage(self.stage.labelers,
-                                  lambda clip, rate: audio.load_bytes(blobs[clip.clip_id], rate, self.limits),
+                                  lambda clip, rate: audio.load_bytes(blobs[clip.clip_id], rate, self.limits, budget),
                                   max_words=self.stage.max_words)
             outs += inline.handle_batch(clips)
         response = api.LabelClipsResponse()
@@ -124,7 +125,9 @@ class AlignerServicer(api_grpc.AlignerServiceServicer):
             raise _invalid("no audio: set audio, or clip.uri")
         stage = self.stage
         if request.audio:
-            stage = AlignerStage(stage.scorer, lambda clip, rate: audio.load_bytes(request.audio, rate, self.limits),
+            budget = audio.DecodeBudget(self.limits.max_request_decoded_bytes)
+            stage = AlignerStage(stage.scorer,
+                                 lambda clip, rate: audio.load_bytes(request.audio, rate, self.limits, budget),
                                  stage.sample_rate, keep_audio_embedding=stage.keep_audio_embedding,
                                  embedder=stage.embedder)
         [outs] = stage.handle_batch([pb.LabelProposal(clip=request.clip, labels=labels)])
