@@ -88,8 +88,12 @@ def write(folder: Path, recordings: list[Path] | None = None) -> dict[str, Expec
     add("cut-in-header.wav", "dead", "damaged").write_bytes((folder / "cut.wav").read_bytes()[:30])
     (folder / "cut.wav").unlink()
     add("corrupt.mp3", "dead", "damaged MP3").write_bytes(_corrupt_mp3(folder / "tmp.mp3", tone, rng))
-    add("truncated.ogg", "dead", "truncated").write_bytes(_truncated_ogg(folder / "tmp.ogg", rng))
-    add("truncated.flac", "dead", "truncated").write_bytes(_truncated_flac(folder / "tmp.flac", real, real_rate))
+    # Cut short: 5 s of Ogg Vorbis after 40 % of its bytes (2 s still decode, no page says the stream ended), and
+    # a FLAC and an MP3 after a third (their headers still declare the whole length).
+    noise = rng.normal(0, 0.2, (44100 * 5, 2)).astype(np.float32)
+    add("truncated.ogg", "dead", "truncated").write_bytes(_cut(folder / "tmp.ogg", noise, 44100, 0.4))
+    add("truncated.flac", "dead", "truncated").write_bytes(_cut(folder / "tmp.flac", real, real_rate, 1 / 3))
+    add("truncated.mp3", "dead", "truncated").write_bytes(_cut(folder / "tmp.mp3", real, real_rate, 1 / 3))
     add("fake-flac.flac", "dead", "damaged FLAC").write_bytes(b"fLaC" + bytes(60))
     add("fake-ogg.ogg", "dead", "damaged Ogg").write_bytes(b"OggS" + bytes(60))
     add("zero-channels.au", "dead", "damaged").write_bytes(b".snd" + bytes(20))
@@ -193,20 +197,12 @@ def _corrupt_mp3(scratch: Path, tone: np.ndarray, rng: np.random.Generator) -> b
     return raw[:200] + rng.integers(0, 256, len(raw) - 200, dtype=np.uint8).tobytes()
 
 
-def _truncated_ogg(scratch: Path, rng: np.random.Generator) -> bytes:
-    """5 s of Ogg Vorbis cut after 40 % of its bytes: 2 s still decode, and no page says the stream ended."""
-    sf.write(scratch, rng.normal(0, 0.2, (44100 * 5, 2)).astype(np.float32), 44100)
+def _cut(scratch: Path, data: np.ndarray, rate: int, keep: float) -> bytes:
+    """The first ``keep`` of the bytes of ``data`` encoded as ``scratch``'s format."""
+    sf.write(scratch, data, rate)
     raw = scratch.read_bytes()
     scratch.unlink()
-    return raw[: len(raw) * 2 // 5]
-
-
-def _truncated_flac(scratch: Path, data: np.ndarray, rate: int) -> bytes:
-    """A FLAC cut after a third of its bytes: STREAMINFO still declares the whole length."""
-    sf.write(scratch, data, rate, format="FLAC")
-    raw = scratch.read_bytes()
-    scratch.unlink()
-    return raw[: len(raw) // 3]
+    return raw[: int(len(raw) * keep)]
 
 
 if __name__ == "__main__":
