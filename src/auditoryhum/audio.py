@@ -60,7 +60,7 @@ class AudioLimits:
     max_file_bytes: int = 512 * _MB
     # channels × frames × 4 bytes: 600 s of 48 kHz stereo fits; 8 channels at 384 kHz for 590 s (7.2 GB) does not.
     max_decoded_bytes: int = 256 * _MB
-    min_duration_s: float = 0.1
+    min_duration_s: float = 0.05  # a click of UI sound is 60 ms; a single sample or 10 ms is too little
     # Peak amplitude below this (≈ -90 dBFS) is digital silence: nothing for a model to describe.
     silence_peak: float = 3e-5
     # Audio is within ±1 (a float master may overshoot a little); beyond +60 dBFS it is damaged or mis-scaled data,
@@ -107,15 +107,14 @@ def is_url(uri: str | Path) -> bool:
 
 
 def local_path(uri: str | Path) -> str | None:
-    """The local path that ``uri`` names (a path, or a ``file://`` URL, percent-decoded to the name's bytes), or
-    None for a URL of another scheme."""
+    """The local path that ``uri`` names (a path, or a ``file://`` URL on this host, percent-decoded to the name's
+    bytes: read as :mod:`auditoryhum.uris` reads it), or None for a URL of anything else."""
     if not is_url(uri):
         return os.fspath(uri)
-    if not uri.lower().startswith("file://"):
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() != "file" or parts.netloc.lower() not in ("", "localhost"):
         return None
-    rest = uri[len("file://"):]
-    rest = rest[len("localhost"):] if rest.lower().startswith("localhost/") else rest
-    return os.fsdecode(urllib.parse.unquote_to_bytes(rest))
+    return os.fsdecode(urllib.parse.unquote_to_bytes(parts.path))
 
 
 def file_url(path: str | Path) -> str:

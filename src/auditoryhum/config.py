@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     max_decoded_mb: float = Field(256.0, gt=0, description="a clip's decoded size (channels × frames × 4 bytes), "
                                                            "checked from its header before decoding: larger clips "
                                                            "are dead-lettered")
-    min_duration_s: float = Field(0.1, ge=0, description="shorter clips are dead-lettered")
+    min_duration_s: float = Field(0.05, ge=0, description="shorter clips are dead-lettered")
     max_request_decoded_mb: float = Field(512.0, gt=0, description="decoded size of all the audio sent inline in one "
                                                                    "gRPC call (LabelClips, Score)")
     allowed_uris: str = Field("", description="comma-separated folders and URL prefixes clips may be read from "
