@@ -117,6 +117,8 @@ def test_each_file_decodes_or_is_refused_with_a_reason_a_user_can_act_on(corpus)
                 got[name] = ("labelled" if np.isfinite(loaded.samples).all() else "decoded to NaN or inf", "")
             except audio.AudioError as exc:
                 got[name] = ("dead", str(exc))
+            except Exception as exc:  # noqa: BLE001 - a crash is this file's finding; the others still get checked
+                got[name] = ("crashed", repr(exc))
     check_outcomes(got, {n: e for n, e in expect.items() if n in got})
 
 
