@@ -17,8 +17,10 @@ TINY_MODELS := out/eval/tiny-models
 BENCH_CLIPS ?= 1200
 KAFKA_LIB := deploy/kafka/lib/.installed
 HELM := .tools/helm
+GHZ_VERSION := v0.121.0
+GHZ := .tools/ghz-$(GHZ_VERSION)
 
-.PHONY: setup apt venv proto run eval test test-faults kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test test-faults kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-load bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver $(HELM)  ## install everything a fresh machine needs
 
@@ -143,6 +145,16 @@ bench-scorer: $(GENERATED) $(EVAL)/.built  ## the offline scorer against the for
 bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path, both protocols
 	$(PY) benchmarks/bench_cluster.py
 	$(PY) benchmarks/bench_cluster.py --protocol reference
+
+# ghz, the gRPC load generator, built from the Go module proxy at a pinned version (about 1 min cold).
+$(GHZ):
+	@command -v go >/dev/null || { echo "bench-load: needs Go (https://go.dev/dl) to build ghz $(GHZ_VERSION)"; exit 1; }
+	mkdir -p .tools/ghz-build
+	GOFLAGS=-mod=mod GOBIN=$(abspath .tools/ghz-build) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+	mv .tools/ghz-build/ghz $@ && rmdir .tools/ghz-build
+
+bench-load: $(GENERATED) $(KAFKA_LIB) $(GHZ)  ## Score and Classify at 1 to 1,024 concurrent calls: RPS, p50/p99, codes, health, RSS
+	$(PY) benchmarks/bench_load.py --ghz $(GHZ)
 
 bench-k: $(GENERATED)  ## k selection on the synthetic label families, 10 to 100k labels, plateau against linear
 	$(PY) benchmarks/bench_k_selection.py

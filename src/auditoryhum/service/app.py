@@ -147,8 +147,10 @@ def serve(name: str, settings: ServiceSettings | None = None) -> None:
                              crash_after_relayed=settings.crash_after_relayed)
         stack.callback(worker.consumer.close)
         grpc_port, metrics_port = settings.ports(name)
-        server, health, port = grpc_server.build_server(servicers(worker), port=grpc_port, host=settings.grpc_host,
-                                                        max_message_mb=settings.max_message_mb, token=_token(settings))
+        server, health, port = grpc_server.build_server(
+            servicers(worker), port=grpc_port, host=settings.grpc_host, max_message_mb=settings.max_message_mb,
+            max_request_mb=settings.request_mb(name), workers=settings.grpc_workers,
+            max_concurrent=settings.max_concurrent_rpcs, rpc_timeout_s=settings.rpc_timeout_s, token=_token(settings))
         stack.callback(metrics.serve(metrics_port, settings.grpc_host).shutdown)
         server.start()
         log.info("serving", extra={"grpc_port": port, "metrics_port": metrics_port, "bootstrap": settings.bootstrap,

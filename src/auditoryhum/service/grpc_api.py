@@ -3,16 +3,19 @@
 A servicer checks the request, hands it to the stage exactly as the stream worker would, and maps the outcome to
 a status: INVALID_ARGUMENT names the bad field, NOT_FOUND / FAILED_PRECONDITION say what is missing, a transient
 error (:func:`~auditoryhum.errors.transient_kind`: a model server, database or object store away for now) is
-UNAVAILABLE (retry), and a call whose deadline has already passed is refused with DEADLINE_EXCEEDED before any model
-runs.
+UNAVAILABLE (retry), and a call whose deadline passes (the client's or the server's) is DEADLINE_EXCEEDED: its work
+stops before the next clip is read and before the next model call. Details quote at most :data:`QUOTED_CHARS` of
+any field a client sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import math
+import re
 import threading
 from typing import Callable, Sequence
 
@@ -22,6 +25,7 @@ from auditoryhum import audio, topics
 from auditoryhum.backends import TextEmbedder
 from auditoryhum.errors import transient_kind
 from auditoryhum.review.desk import LeaseHeld, NotComplete, ReviewDesk, ReviewError, TaskGone
+from auditoryhum.service import deadlines
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.base import Out
 from auditoryhum.stages.clusterer import ClustererStage
@@ -36,6 +40,9 @@ from auditoryhum.v1 import services_pb2_grpc as api_grpc
 
 MAX_ITEMS = 256  # clips per LabelClips call, labels per Score or Classify call
 MAX_LABEL_CHARS = 200
+QUOTED_CHARS = 80  # of a client's field in an error's details
+MAX_DETAILS_CHARS = 500
+PAGE_TOKEN = re.compile(r"[0-9]{1,9}")  # an offset this service issued: ASCII digits ('²' is a digit to str.isdigit)
 
 # (k_min, k_max, penalty_lambda, algorithm) → a builder with those settings.
 MakeBuilder = Callable[[int, int, float, str], TaxonomyBuilder]
@@ -58,17 +65,36 @@ def _rpc(method):
         try:
             return method(self, request)
         except _Abort as exc:
-            context.abort(exc.code, exc.details)
+            context.abort(exc.code, _shorten(exc.details, MAX_DETAILS_CHARS))
+        except deadlines.DeadlineExceeded:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call ended")
         except Exception as exc:
             if (kind := transient_kind(exc)) is None:
                 raise
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"a back-end is unavailable ({kind}), retry later: {exc}")
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          _shorten(f"a back-end is unavailable ({kind}), retry later: {exc}", MAX_DETAILS_CHARS))
 
     return call
 
 
 def _invalid(details: str) -> _Abort:
     return _Abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _quote(field: str) -> str:
+    """A client's field as error details show it: quoted, and cut short."""
+    return repr(field) if len(field) <= QUOTED_CHARS else f"{field[:QUOTED_CHARS]!r}… ({len(field)} characters)"
+
+
+def _within_deadline(stage):
+    """A copy of ``stage`` whose audio reads check the call's deadline before and after each clip is read."""
+    stage = copy.copy(stage)
+    stage.load_audio = deadlines.current().guard(stage.load_audio)
+    return stage
 
 
 def inline_clip(item: api.InlineAudio) -> pb.Clip:
@@ -95,16 +121,16 @@ class LabelerServicer(api_grpc.LabelerServiceServicer):
                 raise _invalid(f"clips[{i}] has no uri; send its audio in inline instead")
         for i, item in enumerate(request.inline):
             if not item.data:
-                raise _invalid(f"inline[{i}] ({item.name!r}) has no data")
-        outs = self.stage.handle_batch(list(request.clips)) if request.clips else []
+                raise _invalid(f"inline[{i}] ({_quote(item.name)}) has no data")
+        outs = _within_deadline(self.stage).handle_batch(list(request.clips)) if request.clips else []
         if request.inline:
             clips = [inline_clip(item) for item in request.inline]
             blobs = {clip.clip_id: item.data for clip, item in zip(clips, request.inline)}
             budget = audio.DecodeBudget(self.limits.max_request_decoded_bytes)  # all the call's clips together
             # The same model behind a loader of this request's bytes: the handler itself stays unchanged.
-            inline = LabelerStage(self.stage.labelers,
-                                  lambda clip, rate: audio.load_bytes(blobs[clip.clip_id], rate, self.limits, budget),
-                                  max_words=self.stage.max_words)
+            inline = LabelerStage(self.stage.labelers, deadlines.current().guard(
+                lambda clip, rate: audio.load_bytes(blobs[clip.clip_id], rate, self.limits, budget)),
+                max_words=self.stage.max_words)
             outs += inline.handle_batch(clips)
         response = api.LabelClipsResponse()
         for out in _flat(outs):
@@ -123,11 +149,11 @@ class AlignerServicer(api_grpc.AlignerServiceServicer):
         labels = _labels(request.labels, self.max_labels)
         if not request.audio and not request.clip.uri:
             raise _invalid("no audio: set audio, or clip.uri")
-        stage = self.stage
+        stage = _within_deadline(self.stage)
         if request.audio:
             budget = audio.DecodeBudget(self.limits.max_request_decoded_bytes)
-            stage = AlignerStage(stage.scorer,
-                                 lambda clip, rate: audio.load_bytes(request.audio, rate, self.limits, budget),
+            stage = AlignerStage(stage.scorer, deadlines.current().guard(
+                                 lambda clip, rate: audio.load_bytes(request.audio, rate, self.limits, budget)),
                                  stage.sample_rate, keep_audio_embedding=stage.keep_audio_embedding,
                                  embedder=stage.embedder)
         [outs] = stage.handle_batch([pb.LabelProposal(clip=request.clip, labels=labels)])
@@ -167,14 +193,14 @@ class ClustererServicer(api_grpc.ClustererServiceServicer):
         algorithm = request.algorithm or defaults.algorithm
         _check_settings(k_min, k_max, lam, algorithm)
         if not self.stage.labels_count(dataset):
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"dataset {dataset!r} has no final labels yet")
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"dataset {_quote(dataset)} has no final labels yet")
         builder = self.make_builder(k_min, k_max, lam, algorithm)
         return api.BuildTaxonomyResponse(taxonomy=self.stage.build(dataset, builder))
 
     def _taxonomy(self, dataset: str) -> pb.Taxonomy:
         taxonomy = self.stage.taxonomy(_dataset(dataset))
         if taxonomy is None:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f"dataset {dataset!r} has no taxonomy yet")
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"dataset {_quote(dataset)} has no taxonomy yet")
         return taxonomy
 
     def _index(self, taxonomy: pb.Taxonomy) -> TaxonomyIndex:
@@ -203,7 +229,7 @@ class ReviewServicer(api_grpc.ReviewServiceServicer):
     def ListTasks(self, request: api.ListTasksRequest) -> api.ListTasksResponse:
         if request.page_size < 0:
             raise _invalid("page_size must not be negative")
-        if request.page_token and not request.page_token.isdigit():
+        if request.page_token and not PAGE_TOKEN.fullmatch(request.page_token):
             raise _invalid("page_token is not one this service issued")
         size, offset = min(request.page_size or 50, self.MAX_PAGE), int(request.page_token or 0)
         views = self.desk.tasks(request.dataset, size + 1, offset)
@@ -218,7 +244,7 @@ class ReviewServicer(api_grpc.ReviewServiceServicer):
             view = self.desk.claim(request.task_id, request.reviewer) if request.reviewer else \
                 self.desk.task(request.task_id)
         if view is None:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no pending task {request.task_id!r} (unknown or decided)")
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no pending task {_quote(request.task_id)} (unknown or decided)")
         return api.GetTaskResponse(task=view.task)
 
     @_rpc
@@ -285,6 +311,6 @@ def _check_settings(k_min: int, k_max: int | None, lam: float, algorithm: str) -
         raise _invalid(f"k_max ({k_max}) is below k_min ({k_min})")
     if algorithm not in ALGORITHMS and algorithm != REFERENCE:
         known = ", ".join(sorted([*ALGORITHMS, REFERENCE]))
-        raise _invalid(f"unknown algorithm {algorithm!r}; known: {known}")
+        raise _invalid(f"unknown algorithm {_quote(algorithm)}; known: {known}")
     if not (math.isfinite(lam) and lam >= 0):
         raise _invalid(f"penalty_lambda is {lam:g}; it must be a finite number >= 0")

@@ -15,6 +15,10 @@ DEFAULT_PORTS = {"labeler": (50051, 9101), "aligner": (50052, 9102), "review": (
                  "clusterer": (50054, 9104)}
 
 
+# Requests of these services carry no audio: a smaller limit (MB) keeps a hostile body small.
+SMALL_REQUESTS_MB = {"review": 1.0, "clusterer": 1.0}
+
+
 class ServiceSettings(Settings):
     model_config = SettingsConfigDict(env_prefix="AUDITORYHUM_", extra="ignore",
                                       env_file=os.environ.get("AUDITORYHUM_ENV_FILE"))
@@ -40,6 +44,16 @@ class ServiceSettings(Settings):
     allowed_uris: str = Field("file:///data/", description="comma-separated folders and URL prefixes the services "
                                                            "read clips from (auditoryhum.uris); default: the data "
                                                            "volume the chart and the ingest Job mount")
+    max_request_mb: float | None = Field(None, gt=0, le=1024, description="largest gRPC request accepted (default: "
+                                                                          "max_message_mb for the labeler and "
+                                                                          "aligner, whose requests carry audio; "
+                                                                          "1 MB for review and clusterer)")
+    grpc_workers: int = Field(8, ge=1, le=256, description="threads serving gRPC calls, one call each")
+    max_concurrent_rpcs: int = Field(32, ge=1, le=4096, description="gRPC calls admitted at once, running or waiting "
+                                                                    "for a thread; beyond: RESOURCE_EXHAUSTED at "
+                                                                    "once (health checks are not counted)")
+    rpc_timeout_s: float = Field(60.0, gt=0, description="the server's deadline for a gRPC call (a client's earlier "
+                                                          "one wins): then DEADLINE_EXCEEDED, and its work stops")
     state_url: str | None = Field(None, description="SQLAlchemy URL of review/clusterer state; default "
                                                     "sqlite:///<state_dir>/<service>.db")
     state_dir: str = Field("state", description="folder of the default SQLite state files")
@@ -66,6 +80,9 @@ class ServiceSettings(Settings):
         grpc_port, metrics_port = DEFAULT_PORTS[service]
         return (grpc_port if self.grpc_port is None else self.grpc_port,
                 metrics_port if self.metrics_port is None else self.metrics_port)
+
+    def request_mb(self, service: str) -> float:
+        return self.max_request_mb or SMALL_REQUESTS_MB.get(service, self.max_message_mb)
 
     def store_url(self, service: str) -> str:
         if self.state_url:
