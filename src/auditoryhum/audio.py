@@ -279,11 +279,12 @@ def _check_length(frames: int, source_rate: int, channels: int, limits: AudioLim
 
 
 def _read_mono(f: sf.SoundFile, declared: int | None, limits: AudioLimits, budget: DecodeBudget | None) -> np.ndarray:
-    """Decode block by block, mixing each to mono (in float64: ±3e38 in two channels must not sum to inf) and
-    counting, so memory holds one block of all channels and the mono signal, never the whole decoded file."""
+    """Decode and mix to mono (:func:`_mix`). A file whose header gives its length (already checked against the
+    limits) is read in one go; one that does not is read block by block, counting, so it stops at the limits and
+    memory holds one block of all channels besides the mono signal."""
     as_int16 = f.subtype == "PCM_16"  # libsndfile's int→float conversion costs 4x a numpy scale
     scale = 1 / 32768 if as_int16 else 1.0
-    block = np.empty((_BLOCK_FRAMES, f.channels), np.int16 if as_int16 else np.float32)
+    block = np.empty((declared or _BLOCK_FRAMES, f.channels), np.int16 if as_int16 else np.float32)
     blocks, frames = [], 0
     while n := _read_block(f, block, frames, declared):
         frames += n
@@ -291,14 +292,24 @@ def _read_mono(f: sf.SoundFile, declared: int | None, limits: AudioLimits, budge
             _check_length(frames, f.samplerate, f.channels, limits, None, known=False)
             if budget is not None:
                 budget.spend(n * f.channels * 4)
-        mixed = (block[:n].mean(axis=1, dtype=np.float64) * scale).astype(np.float32) if f.channels > 1 \
-            else block[:n, 0].astype(np.float32) * np.float32(scale)
-        _check_samples(mixed, limits, "after the channel mix")
-        blocks.append(mixed)
+        blocks.append(_mix(block[:n], scale))
     if declared is not None and frames < _DECODED_AT_LEAST.get(f.format, 0.9) * declared:
         raise AudioError(f"truncated: {frames / f.samplerate:.1f} s of the {declared / f.samplerate:.1f} s its "
                          "header declares decode (the file was cut short); copy or download it again")
+    if len(blocks) == 1:
+        return blocks[0]
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def _mix(frames: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Mono float32 of ``[frames, channels]`` times ``scale``. Each channel is weighted by 1/channels before the sum,
+    so ±3e38 in every channel cannot add up past float32's range (a float32 mean can); a channel at a time, because
+    numpy's reduction along a short axis is several times slower."""
+    weight = np.float32(scale / frames.shape[1])
+    mono = np.multiply(frames[:, 0], weight, dtype=np.float32)
+    for channel in range(1, frames.shape[1]):
+        mono += np.multiply(frames[:, channel], weight, dtype=np.float32)
+    return mono
 
 
 def _read_block(f: sf.SoundFile, out: np.ndarray, done: int, declared: int | None) -> int:
@@ -334,7 +345,7 @@ def to_model_input(data: np.ndarray, source_rate: int, rate: int, limits: AudioL
         data = data[:, None]
     if data.shape[0] == 0:
         raise AudioError("no audio frames")
-    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32) if data.shape[1] > 1 else data[:, 0]
+    mono = _mix(data) if data.shape[1] > 1 else data[:, 0]
     _check_samples(mono, limits, "after the channel mix")
     duration = len(mono) / source_rate
     if duration < limits.min_duration_s:
@@ -349,7 +360,8 @@ def to_model_input(data: np.ndarray, source_rate: int, rate: int, limits: AudioL
 
 
 def _check_samples(x: np.ndarray, limits: AudioLimits, where: str) -> None:
-    peak = float(np.max(np.abs(x))) if x.size else 0.0  # NaN and inf propagate into the peak: one pass checks all
+    # NaN and inf propagate into max and min, so these two passes check all; no |x| copy is made.
+    peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
     if not np.isfinite(peak):
         raise AudioError(f"samples contain NaN or infinity (or values beyond float32) {where}: the file is damaged "
                          "or not audio")
@@ -373,7 +385,11 @@ def _check_signal(source: np.ndarray, model: np.ndarray, rate: int, limits: Audi
 
 
 def _peak_ac(x: np.ndarray) -> float:
-    return float(np.max(np.abs(x - x.mean(dtype=np.float64)))) if x.size else 0.0
+    """The largest distance from the mean level (the peak of what is not DC), without a copy of ``x``."""
+    if not x.size:
+        return 0.0
+    mean = float(x.mean(dtype=np.float64))
+    return max(float(x.max()) - mean, mean - float(x.min()))
 
 
 def _unreadable(source: str | BinaryIO, exc: BaseException) -> str:
