@@ -333,6 +333,40 @@ def test_a_token_guards_every_call_but_health_checks(review):
         grpc_server.build_server([], port=0, host="0.0.0.0", max_message_mb=1)
 
 
+def test_wrong_tokens_are_limited_per_client_address_and_missing_ones_are_not_guesses(review):
+    server, health, port = grpc_server.build_server(
+        [(api_grpc.add_ReviewServiceServicer_to_server, ReviewServicer(ReviewDesk(review)))],
+        port=0, max_message_mb=MAX_MESSAGE_MB, workers=2, token="s3cret")
+    server.start()
+    right, wrong = [("authorization", "Bearer s3cret")], [("authorization", "Bearer guess")]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = api_grpc.ReviewServiceStub(ch)
+
+            def code(metadata):
+                try:
+                    stub.GetStats(api.GetStatsRequest(), metadata=metadata, timeout=5)
+                except grpc.RpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            assert {code(None) for _ in range(20)} == {grpc.StatusCode.UNAUTHENTICATED}  # no guess: not counted
+            assert code(right) == grpc.StatusCode.OK
+            assert [code(wrong) for _ in range(10)] == [grpc.StatusCode.UNAUTHENTICATED] * 10
+            with pytest.raises(grpc.RpcError) as limited:  # past the limit not even the right token is compared
+                stub.GetStats(api.GetStatsRequest(), metadata=right, timeout=5)
+            assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry in" in limited.value.details()
+            reflection = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=wrong, timeout=5)
+            with pytest.raises(grpc.RpcError) as also_limited:  # reflection is no way around the limit
+                list(reflection)
+            assert also_limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            probe = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert probe.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        grpc_server.stop(server, health, grace_s=0).wait()
+
+
 def test_close_review_ends_a_complete_datasets_review_once(channel, review):
     stub = api_grpc.ReviewServiceStub(channel)
     review.process(pb.DatasetAnnouncement(dataset="closing", expected_clips=4))

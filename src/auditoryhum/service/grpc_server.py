@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from auditoryhum.auth import bearer, check_bind, token_matches
+from auditoryhum.auth import Throttle, bearer, check_bind, token_matches
 from auditoryhum.service import deadlines
 from auditoryhum.service.metrics import GRPC_REQUESTS, GRPC_SECONDS
 
@@ -170,20 +171,56 @@ def refusal(code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the bearer token (UNAUTHENTICATED) before their request is read. Health checks stay
-    open: probes carry no secret."""
+    open: probes carry no secret. Wrong tokens count against their client's address (:class:`~auditoryhum.auth.
+    Throttle`, as at the review UI's sign-in): past the limit its calls are RESOURCE_EXHAUSTED and their tokens are
+    not even compared, so guessing costs the time of the refill, not of a round trip."""
 
     OPEN = f"/{HEALTH_SERVICE}/"
 
-    def __init__(self, token: str):
-        self._token = token
+    def __init__(self, token: str, throttle: Throttle | None = None):
+        self._token, self._throttle = token, throttle or Throttle()
 
     async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(self.OPEN):
             return await continuation(handler_call_details)
-        given = dict(handler_call_details.invocation_metadata or ()).get("authorization")
-        if token_matches(bearer(given), self._token):
-            return await continuation(handler_call_details)
-        return refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        given = bearer(dict(handler_call_details.invocation_metadata or ()).get("authorization"))
+        if given is None:  # no guess made: nothing to count
+            return refusal(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def refused(context: grpc.aio.ServicerContext) -> bool:
+            client = _peer_host(context.peer())  # only a handler sees the peer: checked on the loop, body unread
+            if wait := self._throttle.retry_after(client):
+                _refused(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"too many wrong tokens from this address; retry in {math.ceil(wait)} s")
+                return True
+            if not token_matches(given, self._token):
+                self._throttle.failed(client)
+                _refused(context, grpc.StatusCode.UNAUTHENTICATED, "wrong bearer token")
+                return True
+            return False
+
+        if handler.stream_unary is not None:  # an API call (WorkerInterceptor made it client-streaming)
+            async def guarded(requests, context: grpc.aio.ServicerContext):
+                return None if refused(context) else await handler.stream_unary(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(guarded, response_serializer=handler.response_serializer)
+        if handler.stream_stream is not None:  # reflection
+            async def guarded_stream(requests, context: grpc.aio.ServicerContext):
+                if not refused(context):
+                    async for response in handler.stream_stream(requests, context):
+                        yield response
+
+            return grpc.stream_stream_rpc_method_handler(guarded_stream, handler.request_deserializer,
+                                                         handler.response_serializer)
+        return refusal(grpc.StatusCode.UNIMPLEMENTED, "no such method")  # this server registers no other kinds
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.7:51234`` → ``ipv4:10.0.0.7``: the address without the port, which changes per connection."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
 
 
 class _Slots:
