@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -44,16 +45,28 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, Expect]]:
 
 
 def auditoryhum(*args: str | bytes, out: Path) -> tuple[int, str, str, int]:
-    """Run the console script; its exit code, stdout, stderr and peak RSS in bytes (wait4's, of this child only)."""
+    """Run the console script; its exit code, stdout, stderr and peak RSS in bytes. The peak is the child's own
+    VmHWM, polled while it runs: wait4's ru_maxrss would include this (large) pytest process, which a vfork'd
+    child's exec records as its own high-water mark."""
     exe = Path(sys.executable).with_name("auditoryhum")
     env = {**os.environ, "COLUMNS": "400"}
     with (out / "stdout").open("w+b") as stdout, (out / "stderr").open("w+b") as stderr:
         process = subprocess.Popen([str(exe), *args], stdout=stdout, stderr=stderr, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, hwm_bytes(process.pid))
+            time.sleep(0.05)
         stdout.seek(0), stderr.seek(0)
-        return (process.returncode, stdout.read().decode(), stderr.read().decode(errors="replace"),
-                usage.ru_maxrss * 1024)
+        return process.returncode, stdout.read().decode(), stderr.read().decode(errors="replace"), peak
+
+
+def hwm_bytes(pid: int) -> int:
+    """A live process's peak resident memory (0 once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def rows(path: Path) -> list[dict]:
@@ -192,9 +205,7 @@ def services(kafka: LocalStack):
 
 
 def peak_rss(stack: LocalStack, name: str) -> int:
-    pid = int(stack._pidfile(name).read_text())
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+    return hwm_bytes(int(stack._pidfile(name).read_text()))
 
 
 @pytest.mark.distributed
