@@ -106,14 +106,15 @@ $(GENERATED): $(PROTOS) $(VENV)/.installed
 lint-proto: node_modules/.installed
 	npx --no-install buf lint
 
-$(DEMO)/.built: scripts/make_demo_set.py
+# The sets' markers lie beside their folders, not in them: a run reports every entry of its folder it does not read.
+$(DEMO).built: scripts/make_demo_set.py
 	$(PY) scripts/make_demo_set.py $(DEMO)
 	touch $@
 
-run: $(GENERATED) $(DEMO)/.built  ## the embedded pipeline on the demo set of real recordings
+run: $(GENERATED) $(DEMO).built  ## the embedded pipeline on the demo set of real recordings
 	$(VENV)/bin/auditoryhum run $(DEMO) --out out/demo
 
-$(EVAL)/.built: scripts/make_eval_set.py
+$(EVAL).built: scripts/make_eval_set.py
 	$(PY) scripts/make_eval_set.py $(EVAL)
 	touch $@
 
@@ -121,7 +122,7 @@ $(TINY_MODELS)/.built: scripts/build_tiny_models.py tests/tiny_models.py
 	$(PY) scripts/build_tiny_models.py $(TINY_MODELS)
 	touch $@
 
-eval: $(GENERATED) $(EVAL)/.built $(TINY_MODELS)/.built  ## label quality on the evaluation set: lite, and paper on tiny models
+eval: $(GENERATED) $(EVAL).built $(TINY_MODELS)/.built  ## label quality on the evaluation set: lite, and paper on tiny models
 	$(PY) -m auditoryhum.quality.harness $(EVAL) --out out/eval --paper-models $(TINY_MODELS)
 
 test: $(GENERATED)  ## the whole test suite but the long fault and soak runs
@@ -139,7 +140,7 @@ bench-pipeline: $(GENERATED) $(KAFKA_LIB)  ## distributed mode (Kafka + services
 bench-triton: $(GENERATED)  ## the lite models in-process vs through Triton: latency, throughput, dynamic batching
 	$(PY) benchmarks/bench_triton.py
 
-bench-scorer: $(GENERATED) $(EVAL)/.built  ## the offline scorer against the former one: swapped-label AUC, throughput
+bench-scorer: $(GENERATED) $(EVAL).built  ## the offline scorer against the former one: swapped-label AUC, throughput
 	$(PY) benchmarks/bench_scorer.py --eval $(EVAL)
 
 bench-cluster: $(GENERATED)  ## taxonomy sweep against the naive scikit-learn path, both protocols
