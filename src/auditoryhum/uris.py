@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Iterable
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from auditoryhum.audio import AudioError, is_url
+from auditoryhum.audio import AudioError, is_url, local_path
 
 REFUSED = "not allowed by the URI policy (AUDITORYHUM_ALLOWED_URIS)"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -101,15 +101,12 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _local(uri: str) -> str | None:
-    """The resolved absolute path a plain path or ``file://`` URL names; None if it names none."""
-    if is_url(uri):
-        parts = urlsplit(uri)
-        if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
-            return None
-        path = os.fsdecode(unquote_to_bytes(parts.path))
-    else:
-        path = uri
-    if not os.path.isabs(path) or "\0" in path:
+    """The resolved absolute path a plain path or ``file://`` URL names (decoded as :func:`auditoryhum.audio.
+    local_path` reads it); None if it names none."""
+    if is_url(uri) and (urlsplit(uri).query or urlsplit(uri).fragment):
+        return None
+    path = local_path(uri)
+    if path is None or not os.path.isabs(path) or "\0" in path:
         return None
     return os.path.realpath(path)
 
