@@ -23,7 +23,7 @@ from auditoryhum.v1 import pipeline_pb2 as pb
 from tests.test_cli import auditoryhum
 from tests.test_stages import alignment
 
-HEAD = "0003"
+HEAD = "0004"
 ROWS_0001 = {  # a review and a clusterer mid-way through a dataset, as the schema before 0002 held them
     review_datasets: [dict(dataset="d", expected=3, complete=True, sealed=False)],
     review_clips: [dict(dataset="d", clip_id="a", status="pending", score=0.1, task_id="a/review", reason="low",
@@ -85,7 +85,7 @@ def test_rows_of_0001_survive_the_upgrade_and_the_downgrade(url):
     assert revision_and_tables(url)[0] == HEAD
     for table, values in ROWS_0001.items():
         new = {c: None for c in ("lease_owner", "lease_expires", "label")} if table is review_clips else \
-            {"completed_at": None} if table is review_datasets else {}
+            {"completed_at": None, "taxonomy": None} if table is review_datasets else {}
         assert rows(store, table) == [{**v, **new} for v in values]
     assert rows(store, review_decisions) == []
     with store.transaction() as db:  # the new schema is usable

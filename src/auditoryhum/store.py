@@ -30,6 +30,7 @@ review_datasets = Table(
     Column("complete", Boolean, nullable=False, default=False),
     Column("sealed", Boolean, nullable=False, default=False),
     Column("completed_at", Float, nullable=True),  # epoch seconds; a review deadline counts from here
+    Column("taxonomy", String, nullable=True),  # the taxonomy its clips join (empty: the dataset's own)
 )
 
 # One row per clip that reached review. status: scored (awaiting the dataset's selection), pending (a task awaiting

@@ -16,3 +16,8 @@ ALL = (DATASETS, CLIPS, LABELS, ALIGNMENTS, REVIEW_TASKS, REVIEW_DECISIONS, FINA
 # without loading the stages; tests/test_kube.py checks it against each stage's `consumes`.
 CONSUMES = {"labeler": (CLIPS,), "aligner": (LABELS,), "review": (DATASETS, ALIGNMENTS, DLQ, REVIEW_DECISIONS),
             "clusterer": (FINAL_LABELS,)}
+
+
+def taxonomy_of(clip) -> str:
+    """The taxonomy a clip joins: its own field, else its dataset's (one taxonomy per dataset, as before)."""
+    return clip.taxonomy or clip.dataset
