@@ -8,9 +8,10 @@ REVIEW_TASKS = "auditoryhum.review.tasks.v1"
 REVIEW_DECISIONS = "auditoryhum.review.decisions.v1"
 FINAL_LABELS = "auditoryhum.labels.final.v1"
 TAXONOMY = "auditoryhum.taxonomy.v1"
+ASSIGNMENTS = "auditoryhum.taxonomy.assignments.v1"  # clips assigned to a built taxonomy as they arrive
 DLQ = "auditoryhum.dlq.v1"
 
-ALL = (DATASETS, CLIPS, LABELS, ALIGNMENTS, REVIEW_TASKS, REVIEW_DECISIONS, FINAL_LABELS, TAXONOMY, DLQ)
+ALL = (DATASETS, CLIPS, LABELS, ALIGNMENTS, REVIEW_TASKS, REVIEW_DECISIONS, FINAL_LABELS, TAXONOMY, ASSIGNMENTS, DLQ)
 
 # What each service's consumer group (auditoryhum-<service>) reads, for `auditoryhum status` to report its lag
 # without loading the stages; tests/test_kube.py checks it against each stage's `consumes`.

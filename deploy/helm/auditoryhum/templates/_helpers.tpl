@@ -75,6 +75,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - auditoryhum.review.decisions.v1
 - auditoryhum.labels.final.v1
 - auditoryhum.taxonomy.v1
+- auditoryhum.taxonomy.assignments.v1
 - auditoryhum.dlq.v1
 {{- end }}
 
