@@ -62,7 +62,8 @@ def dataset_a(labels: dict[str, str]) -> list[pb.FinalLabel]:
     return [final(p.stem, labels[p.stem], "A") for p in A_FILES if labels[p.stem] in MACHINES]
 
 
-def stage_with_v1(models, labels, store: Store, policy: LivingPolicy = NO_REBUILD) -> tuple[ClustererStage, pb.Taxonomy]:
+def stage_with_v1(models, labels, store: Store,
+                  policy: LivingPolicy = NO_REBUILD) -> tuple[ClustererStage, pb.Taxonomy]:
     stage = ClustererStage(TaxonomyBuilder(models.embedder, k_max=8), store, policy)
     a = dataset_a(labels)
     assert not [o for m in a for o in stage.handle(m)]  # collected, not assigned: no version yet
@@ -152,8 +153,9 @@ def taxonomy_of(clusters: dict[str, dict[str, int]], version: int) -> pb.Taxonom
     """A constructed version: one cluster per entry, numbered in order, each with its labels' clip counts."""
     taxonomy = pb.Taxonomy(dataset="t", version=version)
     for i, (name, counts) in enumerate(clusters.items()):
+        labels = [pb.LabelCount(label=label, count=count) for label, count in counts.items()]
         taxonomy.clusters.append(pb.TaxonomyCluster(cluster_id=i, composite_label=name, size=sum(counts.values()),
-                                                    labels=[pb.LabelCount(label=l, count=c) for l, c in counts.items()]))
+                                                    labels=labels))
     return taxonomy
 
 
