@@ -234,6 +234,6 @@ def test_a_taxonomy_built_before_0006_becomes_its_version_1(url, models):
     engine.dispose()
     store = Store(url)
     stage = ClustererStage(TaxonomyBuilder(models.embedder), store=store)
-    assert stage.taxonomy("d", 1) == stage.taxonomy("d") == pb.Taxonomy(dataset="d", k=1, version=1, trigger="migrated",
-                                                                         clusters=built.clusters)
+    migrated = pb.Taxonomy(dataset="d", k=1, version=1, trigger="migrated", clusters=built.clusters)
+    assert stage.taxonomy("d", 1) == stage.taxonomy("d") == migrated
     store.close()
