@@ -23,7 +23,7 @@ from auditoryhum.v1 import pipeline_pb2 as pb
 from tests.test_cli import auditoryhum
 from tests.test_stages import alignment
 
-HEAD = "0004"
+HEAD = "0006"
 ROWS_0001 = {  # a review and a clusterer mid-way through a dataset, as the schema before 0002 held them
     review_datasets: [dict(dataset="d", expected=3, complete=True, sealed=False)],
     review_clips: [dict(dataset="d", clip_id="a", status="pending", score=0.1, task_id="a/review", reason="low",
@@ -32,7 +32,7 @@ ROWS_0001 = {  # a review and a clusterer mid-way through a dataset, as the sche
                         alignment=b"\x0a\x03\x0a\x01b"),
                    dict(dataset="d", clip_id="c", status="dead", score=None, task_id=None, reason="unreadable",
                         alignment=None)],
-    cluster_datasets: [dict(dataset="d", expected=None, published=False, taxonomy=None)],
+    cluster_datasets: [dict(dataset="d", expected=None, published=False)],
     cluster_labels: [dict(dataset="d", clip_id="b", label="rain", audio_embedding=b"\x00\x00\x80\x3f")],
 }
 
@@ -85,7 +85,8 @@ def test_rows_of_0001_survive_the_upgrade_and_the_downgrade(url):
     assert revision_and_tables(url)[0] == HEAD
     for table, values in ROWS_0001.items():
         new = {c: None for c in ("lease_owner", "lease_expires", "label")} if table is review_clips else \
-            {"completed_at": None, "taxonomy": None} if table is review_datasets else {}
+            {"completed_at": None, "taxonomy": None} if table is review_datasets else \
+            {"taxonomy": "d", "assigned_version": None, "novel": None} if table is cluster_labels else {}
         assert rows(store, table) == [{**v, **new} for v in values]
     assert rows(store, review_decisions) == []
     with store.transaction() as db:  # the new schema is usable
@@ -219,4 +220,20 @@ def test_a_sqlite_state_file_survives_a_machine_crash(tmp_path):
     with store.transaction() as db:
         assert db.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert db.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    store.close()
+
+
+def test_a_taxonomy_built_before_0006_becomes_its_version_1(url, models):
+    migrate(url, "0004")
+    built = pb.Taxonomy(dataset="d", k=1, clusters=[pb.TaxonomyCluster(cluster_id=0, composite_label="rain", size=2,
+                                                                       labels=[pb.LabelCount(label="rain", count=2)])])
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO cluster_datasets_v1 (dataset, expected, published, taxonomy) "
+                          "VALUES ('d', 2, true, :blob)"), {"blob": built.SerializeToString()})
+    engine.dispose()
+    store = Store(url)
+    stage = ClustererStage(TaxonomyBuilder(models.embedder), store=store)
+    migrated = pb.Taxonomy(dataset="d", k=1, version=1, trigger="migrated", clusters=built.clusters)
+    assert stage.taxonomy("d", 1) == stage.taxonomy("d") == migrated
     store.close()

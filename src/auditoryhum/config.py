@@ -102,6 +102,19 @@ class Settings(BaseSettings):
     representation: str = Field("labels", pattern="^(labels|class-vector)$",
                                 description="cluster unique labels, or clips by their class vectors")
     namer_model: str | None = Field(None, description="local text-generation model folder naming the clusters")
+    # living taxonomy: clips of a taxonomy that has a version are assigned at once; a policy rebuilds it
+    novelty_threshold: float | None = Field(None, ge=-1, le=1, description="an assigned clip whose new label's cosine "
+                                            "to the nearest centroid is below this is novel (default: each "
+                                            "version's own, from how its clusters hold their labels; "
+                                            "auditoryhum.taxonomy.index.novelty_threshold)")
+    novelty_percentile: float = Field(10.0, ge=0, le=100, description="percentile of the labels' leave-one-out "
+                                      "cosine to their own cluster that sets each version's novelty threshold")
+    rebuild_novel_share: float | None = Field(0.2, gt=0, le=1, description="rebuild when at least this share of the "
+                                              "clips assigned since the last build were novel (unset: never)")
+    rebuild_min_clips: int = Field(20, ge=1, description="clips assigned since the last build before the novel "
+                                   "share counts")
+    rebuild_after_clips: int | None = Field(1000, ge=1, description="rebuild after this many clips assigned since "
+                                            "the last build, novel or not (unset: never)")
     # execution
     batch_size: int = Field(32, ge=1, description="clips per model call")
     workers: int = Field(2, ge=1, description="labeler threads, each decoding and tagging its share of a batch")

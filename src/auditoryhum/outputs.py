@@ -53,8 +53,13 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
         "clips": taxonomy.clips,
         "silhouette": taxonomy.silhouette,
         "adjusted_silhouette": taxonomy.adjusted_silhouette,
+        "version": taxonomy.version,
+        "trigger": taxonomy.trigger,
+        "datasets": list(taxonomy.datasets),
+        "novelty_threshold": taxonomy.novelty_threshold,
+        "lineage": lineage_dict(taxonomy) if taxonomy.HasField("lineage") else None,
         "clusters": [
-            {"id": c.cluster_id, "composite_label": c.composite_label, "size": c.size,
+            {"id": c.cluster_id, "composite_label": c.composite_label, "size": c.size, "born_version": c.born_version,
              "labels": [{"label": lc.label, "count": lc.count} for lc in c.labels]}
             for c in taxonomy.clusters
         ],
@@ -62,6 +67,16 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
         "curve": [{"k": p.k, "silhouette": p.silhouette, "adjusted": p.adjusted} for p in taxonomy.curve],
         "labels_in_several_clusters": labels_in_several_clusters(taxonomy),
     }
+
+
+def lineage_dict(taxonomy: pb.Taxonomy) -> dict:
+    """What the rebuild made of the previous version's clusters (auditoryhum.taxonomy.lineage)."""
+    lineage = taxonomy.lineage
+    return {"previous_version": lineage.previous_version, "born": list(lineage.born), "retired": list(lineage.retired),
+            "splits": [{"cluster_id": s.cluster_id, "into": list(s.into)} for s in lineage.splits],
+            "merges": [{"from": list(m.sources), "cluster_id": m.cluster_id} for m in lineage.merges],
+            "persisted": [{"cluster_id": p.cluster_id, "overlap": round(p.overlap, 4), "cosine": round(p.cosine, 4),
+                           "similarity": round(p.similarity, 4)} for p in lineage.persisted]}
 
 
 def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,

@@ -27,7 +27,7 @@ from auditoryhum.review.annotations import Annotation, read_annotations
 from auditoryhum.review.desk import ReviewDesk
 from auditoryhum.runner import StageWorker, Threads
 from auditoryhum.stages.aligner import AlignerStage
-from auditoryhum.stages.clusterer import ClustererStage
+from auditoryhum.stages.clusterer import ClustererStage, LivingPolicy
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
 from auditoryhum.uris import UriPolicy
@@ -115,7 +115,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                                      rank=settings.review_rank, precision=settings.review_precision,
                                      calibration=settings.review_calibration),
                         settings.max_words),
-            ClustererStage(models.taxonomy_builder(settings)),
+            ClustererStage(models.taxonomy_builder(settings), policy=LivingPolicy.from_settings(settings)),
             writer,
         ]
         workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]

@@ -138,6 +138,7 @@ def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metr
         f"<li>{esc(label)}: clusters {', '.join(map(str, ids))}</li>" for label, ids in several.items()) + "</ul>"
         if several else "")
     review_html = _review(metrics)
+    lineage_html = _lineage(taxonomy) if taxonomy.HasField("lineage") else ""
     figures = "".join(f'<figure><img src="{src}" alt="{esc(alt)}"><figcaption>{esc(alt)}</figcaption></figure>'
                       for src, alt in images)
     page = f"""<!doctype html>
@@ -153,12 +154,29 @@ img{{max-width:100%}}</style></head><body>
 <h2>Metrics</h2><table>{metric_rows}</table>
 {review_html}{calibration_html}
 <h2>Clusters</h2><table><tr><th>id</th><th>composite label</th><th>clips</th><th>labels (clips)</th></tr>{cluster_rows}</table>
-{several_html}<h2>Plots</h2>{figures}
+{several_html}{lineage_html}<h2>Plots</h2>{figures}
 </body></html>
 """
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _lineage(taxonomy: pb.Taxonomy) -> str:
+    """The lineage diff: what this version made of the previous one's clusters."""
+    lineage, names = taxonomy.lineage, {c.cluster_id: c.composite_label for c in taxonomy.clusters}
+
+    def ids(values) -> str:
+        return ", ".join(f"{i} ({names[i]})" if i in names else str(i) for i in values) or "-"
+
+    rows = [("born", ids(lineage.born)), ("retired", ids(lineage.retired)),
+            ("split", "; ".join(f"{s.cluster_id} → {ids(s.into)}" for s in lineage.splits) or "-"),
+            ("merged", "; ".join(f"{', '.join(map(str, m.sources))} → {ids([m.cluster_id])}" for m in lineage.merges)
+             or "-"),
+            ("persisted", ids(p.cluster_id for p in lineage.persisted))]
+    body = "".join(f"<tr><th>{what}</th><td>{html.escape(text)}</td></tr>" for what, text in rows)
+    return (f"<h2>Lineage: version {lineage.previous_version} → {taxonomy.version}</h2>"
+            f"<p>Built on {html.escape(taxonomy.trigger)}.</p><table>{body}</table>")
 
 
 def _review(metrics: dict) -> str:

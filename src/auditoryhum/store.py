@@ -72,8 +72,7 @@ cluster_datasets = Table(
     "cluster_datasets_v1", metadata,
     Column("dataset", String, primary_key=True),
     Column("expected", Integer, nullable=True),
-    Column("published", Boolean, nullable=False, default=False),  # the sealed dataset's taxonomy is out
-    Column("taxonomy", LargeBinary, nullable=True),  # the latest build (BuildTaxonomy may rebuild it)
+    Column("published", Boolean, nullable=False, default=False),  # the sealed dataset's labels are in a build
 )
 
 cluster_labels = Table(
@@ -82,6 +81,21 @@ cluster_labels = Table(
     Column("clip_id", String, primary_key=True),
     Column("label", String, nullable=False),
     Column("audio_embedding", LargeBinary, nullable=True),  # float32 bytes, class-vector representation only
+    Column("taxonomy", String, nullable=False, index=True),  # the living taxonomy the clip joins
+    # A clip that arrived after a build: the version it was assigned to, and whether it was novel there (the
+    # rebuild policy counts these); NULL once a build includes it.
+    Column("assigned_version", Integer, nullable=True),
+    Column("novel", Boolean, nullable=True),
+)
+
+# Every build of a taxonomy, kept: GetTaxonomy answers any version, and a rebuild's lineage starts from the last.
+taxonomy_versions = Table(
+    "taxonomy_versions_v1", metadata,
+    Column("taxonomy", String, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("created_at", Float, nullable=False),  # epoch seconds
+    Column("trigger", String, nullable=False),
+    Column("taxonomy_pb", LargeBinary, nullable=False),  # a serialised pb.Taxonomy
 )
 
 

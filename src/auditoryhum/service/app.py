@@ -30,7 +30,7 @@ from auditoryhum.service import grpc_api, grpc_server, logs, metrics
 from auditoryhum.service.settings import DEFAULT_PORTS, ServiceSettings
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.base import Stage
-from auditoryhum.stages.clusterer import ClustererStage
+from auditoryhum.stages.clusterer import ClustererStage, LivingPolicy
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.stages.review import ReviewPolicy, ReviewStage
 from auditoryhum.store import Store
@@ -104,7 +104,7 @@ def _close_overdue(desk: ReviewDesk, deadline_s: float, stop: threading.Event) -
 def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
     store = Store(s.store_url("clusterer"))
     stack.callback(store.close)
-    stage = ClustererStage(models.taxonomy_builder(), store)
+    stage = ClustererStage(models.taxonomy_builder(), store, LivingPolicy.from_settings(s))
 
     def builder(k_min: int, k_max: int, lam: float, algorithm: str) -> TaxonomyBuilder:
         # algorithm "reference" asks for the authors' protocol (weighted Ward, euclidean silhouette)
@@ -114,7 +114,7 @@ def _clusterer(s: ServiceSettings, models: Models, stack: ExitStack) -> Wiring:
                                representation=s.representation, protocol=protocol, criterion=s.k_criterion)
 
     return stage, lambda worker: [(rpc.add_ClustererServiceServicer_to_server,
-                                   grpc_api.ClustererServicer(stage, models.embedder, builder))]
+                                   grpc_api.ClustererServicer(stage, models.embedder, builder, worker=worker))]
 
 
 WIRING = {"labeler": _labeler, "aligner": _aligner, "review": _review, "clusterer": _clusterer}

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import math
 import re
-import threading
 from typing import Callable, Sequence
 
 import grpc
@@ -27,12 +26,12 @@ from auditoryhum.errors import transient_kind
 from auditoryhum.review.desk import LeaseHeld, NotComplete, ReviewDesk, ReviewError, TaskGone
 from auditoryhum.service import deadlines
 from auditoryhum.stages.aligner import AlignerStage
+from auditoryhum.runner import StageWorker
 from auditoryhum.stages.base import Out
-from auditoryhum.stages.clusterer import ClustererStage
+from auditoryhum.stages.clusterer import ClustererStage, is_novel
 from auditoryhum.stages.labeler import LabelerStage
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.cluster import ALGORITHMS
-from auditoryhum.taxonomy.index import TaxonomyIndex
 from auditoryhum.taxonomy.reference import ALGORITHM as REFERENCE
 from auditoryhum.v1 import pipeline_pb2 as pb
 from auditoryhum.v1 import services_pb2 as api
@@ -164,25 +163,37 @@ class AlignerServicer(api_grpc.AlignerServiceServicer):
 
 
 class ClustererServicer(api_grpc.ClustererServiceServicer):
-    """BuildTaxonomy settings left unset in a request (0, empty, absent) take the stage's builder's values."""
+    """BuildTaxonomy settings left unset in a request (0, empty, absent) take the stage's builder's values. With the
+    service's stream ``worker``, a build is published on the taxonomy topic (through the stage's outbox)."""
 
     def __init__(self, stage: ClustererStage, embedder: TextEmbedder, make_builder: MakeBuilder, *,
-                 max_labels: int = MAX_ITEMS):
+                 max_labels: int = MAX_ITEMS, worker: StageWorker | None = None):
         self.stage, self.embedder, self.make_builder, self.max_labels = stage, embedder, make_builder, max_labels
-        self._indexes: dict[str, tuple[tuple[int, int], TaxonomyIndex]] = {}
-        self._lock = threading.Lock()
+        self.worker = worker
 
     @_rpc
     def GetTaxonomy(self, request: api.GetTaxonomyRequest) -> api.GetTaxonomyResponse:
-        return api.GetTaxonomyResponse(taxonomy=self._taxonomy(request.dataset))
+        return api.GetTaxonomyResponse(taxonomy=self._taxonomy(request.dataset, request.version))
+
+    @_rpc
+    def ListTaxonomyVersions(self, request: api.ListTaxonomyVersionsRequest) -> api.ListTaxonomyVersionsResponse:
+        versions = self.stage.versions(_dataset(request.dataset))
+        if not versions:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"dataset {_quote(request.dataset)} has no taxonomy yet")
+        return api.ListTaxonomyVersionsResponse(versions=versions)
 
     @_rpc
     def Classify(self, request: api.ClassifyRequest) -> api.ClassifyResponse:
         labels = _labels(request.labels, self.max_labels)
-        matches = self._index(self._taxonomy(request.dataset)).classify(labels)
+        taxonomy = self._taxonomy(request.dataset, request.version)
+        try:
+            matches = self.stage.index(taxonomy).classify(labels)
+        except ValueError as exc:  # a taxonomy without clusters (a dataset without usable labels)
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
         return api.ClassifyResponse(classifications=[
             api.Classification(label=m.label, cluster_id=m.cluster_id, composite_label=m.composite_label,
-                               similarity=m.similarity) for m in matches])
+                               similarity=m.similarity, novel=is_novel(m, taxonomy)) for m in matches],
+            version=taxonomy.version, novelty_threshold=taxonomy.novelty_threshold)
 
     @_rpc
     def BuildTaxonomy(self, request: api.BuildTaxonomyRequest) -> api.BuildTaxonomyResponse:
@@ -194,27 +205,21 @@ class ClustererServicer(api_grpc.ClustererServiceServicer):
         _check_settings(k_min, k_max, lam, algorithm)
         if not self.stage.labels_count(dataset):
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"dataset {_quote(dataset)} has no final labels yet")
-        builder = self.make_builder(k_min, k_max, lam, algorithm)
-        return api.BuildTaxonomyResponse(taxonomy=self.stage.build(dataset, builder))
+        build = functools.partial(self.stage.build, dataset, self.make_builder(k_min, k_max, lam, algorithm))
+        [out] = self.worker.apply(build) if self.worker is not None else build()
+        return api.BuildTaxonomyResponse(taxonomy=out.message)
 
-    def _taxonomy(self, dataset: str) -> pb.Taxonomy:
-        taxonomy = self.stage.taxonomy(_dataset(dataset))
-        if taxonomy is None:
+    def _taxonomy(self, dataset: str, version: int) -> pb.Taxonomy:
+        if version < 0:
+            raise _invalid(f"version is {version}; 0 (the current one) or a version number")
+        taxonomy = self.stage.taxonomy(_dataset(dataset), version)
+        if taxonomy is not None:
+            return taxonomy
+        if not version or self.stage.taxonomy(dataset) is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"dataset {_quote(dataset)} has no taxonomy yet")
-        return taxonomy
-
-    def _index(self, taxonomy: pb.Taxonomy) -> TaxonomyIndex:
-        # Every build stamps created_at: an unchanged stamp means the centroids need not be embedded again.
-        key = (taxonomy.created_at.seconds, taxonomy.created_at.nanos)
-        with self._lock:
-            cached = self._indexes.get(taxonomy.dataset)
-            if cached is None or cached[0] != key:
-                try:
-                    cached = key, TaxonomyIndex(taxonomy, self.embedder)
-                except ValueError as exc:  # a taxonomy without clusters (a dataset without usable labels)
-                    raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from exc
-                self._indexes[taxonomy.dataset] = cached
-            return cached[1]
+        known = ", ".join(str(v.version) for v in self.stage.versions(dataset))
+        raise _Abort(grpc.StatusCode.NOT_FOUND, f"taxonomy {_quote(dataset)} has no version {version}; "
+                                                f"its versions: {_shorten(known, 200)}")
 
 
 class ReviewServicer(api_grpc.ReviewServiceServicer):
