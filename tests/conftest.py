@@ -39,12 +39,17 @@ def kafka(tmp_path_factory) -> Iterator[LocalStack]:
 
 
 def own_stack(home: Path, base: int, env: dict[str, str] | None = None,
-              kafka: KafkaCluster | None = None) -> LocalStack:
+              kafka: KafkaCluster | None = None, replicas: dict[str, int] | None = None,
+              triton: bool = True) -> LocalStack:
     """A stack of its own on ports base..base+99 (Kafka base and base+1, Triton base+20..22, gRPC base+51..54,
-    metrics base+61..64, UI base+71), for a test module whose faults or settings must not touch the session's.
-    ``kafka``: brokers of its own instead of the single one on base (a cluster's ports must avoid the others)."""
-    return LocalStack(home, kafka_port=base, port_base=base + 51, metrics_base=base + 61, triton_port=base + 20,
-                      ui_port=base + 71, env=env, kafka=kafka, allowed_uris=TEST_URIS)
+    metrics base+61..64, UI base+71, replicas 1 and 2 of a service base+80..99), for a test module whose faults or
+    settings must not touch the session's. ``kafka``: brokers of its own instead of the single one on base (a
+    cluster's ports must avoid the others). ``replicas``: service → how many replicas ``up`` starts (at most 3).
+    ``triton``: False runs the models inside each service."""
+    return LocalStack(home, kafka_port=base, port_base=base + 51, metrics_base=base + 61,
+                      triton_port=base + 20 if triton else None,
+                      ui_port=base + 71, env=env, kafka=kafka, allowed_uris=TEST_URIS, replicas=replicas,
+                      replica_base=base + 80)
 
 
 @pytest.fixture(scope="session")

@@ -187,14 +187,35 @@ def test_no_deployment_has_both_an_hpa_and_a_scaled_object(case):
     assert not keda & hpa
 
 
-def test_review_and_clusterer_run_one_replica_never_autoscaled(case):
-    _, docs = case
-    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in of_kind(docs, "ScaledObject")
+def test_review_and_clusterer_scale_out_only_on_a_shared_database(case):
+    """On SQLite volumes: one replica, replaced with Recreate, never autoscaled. On the shared database (state.url):
+    replicas and autoscalers as the stateless services, rolling updates, and each pod told its maximum."""
+    values, docs = case
+    scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in of_kind(docs, "ScaledObject")
               + of_kind(docs, "HorizontalPodAutoscaler")}
+    shared = bool(values["state"]["url"] or values["state"]["existingSecret"])
     for doc in of_kind(docs, "Deployment"):
-        if component(doc) in STATEFUL:
-            assert doc["spec"]["replicas"] <= 1 and doc["spec"]["strategy"]["type"] == "Recreate"
-            assert doc["metadata"]["name"] not in scaled
+        if component(doc) not in STATEFUL:
+            continue
+        env = {e["name"]: e.get("value") for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+        autoscaler = scaled.get(doc["metadata"]["name"])
+        most = (autoscaler["spec"].get("maxReplicaCount") or autoscaler["spec"].get("maxReplicas")) if autoscaler \
+            else doc["spec"]["replicas"]
+        assert int(env["AUDITORYHUM_REPLICAS"]) == max(1, most)  # the service refuses more than one on SQLite
+        if shared:
+            assert "strategy" not in doc["spec"]  # the default: RollingUpdate
+        else:
+            assert most <= 1 and doc["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_the_scaled_state_values_scale_review_and_clusterer():
+    """ci/scaled-state-values.yaml: review at two replicas, the clusterer on KEDA over its consumer group's lag."""
+    _, docs = render(CHART / "ci" / "scaled-state-values.yaml")
+    deployments = {component(d): d for d in of_kind(docs, "Deployment")}
+    assert deployments["review"]["spec"]["replicas"] == 2
+    [keda] = [d for d in of_kind(docs, "ScaledObject") if component(d) == "clusterer"]
+    assert keda["spec"]["maxReplicaCount"] == 6
+    assert [t["metadata"]["consumerGroup"] for t in keda["spec"]["triggers"]] == ["auditoryhum-clusterer"]
 
 
 # -- pods: probes, resources, security, settings ----------------------------------------------------------------
@@ -475,6 +496,10 @@ def test_network_policies_let_only_this_release_s_services_call_triton():
      "aligner: 8 replicas (max) exceed the 4 partitions of auditoryhum.labels.v1 (kafka.partitions)"),
     ("keda-and-hpa-values.yaml", "labeler: autoscaling.keda and autoscaling.hpa are both enabled"),
     ("two-reviews-values.yaml", "review.replicas: Must be less than or equal to 1"),
+    ("keda-clusterer-sqlite-values.yaml",
+     "clusterer: 4 replicas (max) need a shared state database (state.url or state.existingSecret)"),
+    ("too-many-clusterers-values.yaml",
+     "clusterer: 8 replicas (max) exceed the 4 partitions of auditoryhum.labels.final.v1 (kafka.partitions)"),
     ("managed-setting-values.yaml", 'settings.extra: Property name of "BOOTSTRAP" does not match'),
     ("short-token-values.yaml", "auth.token: 21 characters; give 32 or more random ones, or none"),
 ])

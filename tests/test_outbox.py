@@ -28,8 +28,8 @@ class FlakyBus(InMemoryBus):
         super().__init__()
         self.failures, self.delivered, self.unflushed = failures, delivered, []
 
-    def publish_raw(self, topic, key, value, headers):
-        self.unflushed.append((topic, key, value, headers))
+    def publish_raw(self, topic, key, value, headers, route=None):
+        self.unflushed.append((topic, key, value, headers, route))
 
     def flush(self):
         batch, self.unflushed = self.unflushed, []
@@ -109,6 +109,38 @@ def test_a_successor_sends_what_a_crashed_relay_left_and_nothing_it_had_sent(tmp
     assert recovered == [(5, 8)]
     assert finals(bus) == {f"c{i}": 1 for i in range(10)}
     assert waiting(successor.stage.store) == 0
+
+
+def test_replicas_on_one_database_relay_their_own_rows_and_a_dead_ones_once(tmp_path):
+    """Two replicas share an outbox. One dies after its commit, half of its records out: the other sends its own at
+    once, leaves the dead one's rows while they may still be their writer's, then sends only those not out yet."""
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    bus = InMemoryBus()
+    dead = StageWorker(bus, ReviewStage(ReviewPolicy(fraction=0.2), store=Store(url)))
+    alive = StageWorker(bus, ReviewStage(ReviewPolicy(fraction=0.2), store=Store(url)))
+    now = [0.0]
+    alive.outbox.clock = lambda: now[0]
+    dead.outbox.relay = lambda: None  # dies before relaying...
+    alignments(bus, 10, "a")
+    drain([dead])
+    with dead.stage.store.transaction() as db:  # ...after half of its records were out
+        for row in db.execute(select(outbox).order_by(outbox.c.seq).limit(5)).all():
+            InMemoryBus.publish_raw(bus, row.topic, row.key, row.payload, {**headers(row.payload_type),
+                                                                           TOKEN_HEADER: row.token})
+    alignments(bus, 10, "b")
+    drain([alive])
+
+    def by_dataset() -> Counter:
+        return Counter((r.message().clip.dataset, r.message().clip.clip_id)
+                       for r in on_topic(bus, topics.FINAL_LABELS)
+                       if r.headers["message-type"] == "auditoryhum.v1.FinalLabel")
+
+    assert {c for d, c in by_dataset() if d == "b"} == {f"c{i}" for i in range(10)}
+    assert waiting(alive.stage.store) == 13  # the dead one's rows wait, the 5 out among them
+    now[0] += alive.outbox.orphan_after_s
+    alive.relay()
+    assert by_dataset() == {(d, f"c{i}"): 1 for d in "ab" for i in range(10)}  # every final label once
+    assert waiting(alive.stage.store) == 0
 
 
 def test_a_decision_and_its_final_label_are_durable_together(tmp_path):

@@ -180,3 +180,24 @@ def test_a_review_past_its_deadline_closes_and_keeps_the_models_labels(tmp_path)
     finals = [f for f in published(desk, topics.FINAL_LABELS) if isinstance(f, pb.FinalLabel)]
     assert sorted(f.clip.clip_id for f in finals) == [f"c{i:03d}" for i in range(1, 8)]  # c000 unusable: removed
     assert desk.close_overdue(3600, now + 7200) == {}  # sealed: nothing left to close
+
+
+def test_replicas_deciding_a_datasets_last_tasks_at_once_seal_it_once(postgres_db):
+    """Two replicas on one PostgreSQL database decide the dataset's last two tasks at the same moment. Each must
+    see the other's decision, or neither seals the dataset (each finds the other task pending) and its taxonomy is
+    never built. The dataset's row lock makes the second wait for the first, then seal."""
+    first, second = desk_on(postgres_db), desk_on(postgres_db)
+    fill(first, clips=4)  # two tasks: c000, c001
+    accept = lambda task: pb.ReviewDecision(task_id=task, action=pb.REVIEW_ACTION_ACCEPT, reviewer="ann")  # noqa: E731
+    result = {}
+    with first.store.transaction():  # the first replica is half-way through deciding c000...
+        first.worker.process(accept("c000/review"))
+        racing = threading.Thread(target=lambda: result.update(outcome=second.decide(accept("c001/review"))))
+        racing.start()
+        racing.join(2)
+        assert racing.is_alive()  # ...and the second waits for the dataset's row, not for nothing
+    racing.join(60)
+    assert result["outcome"].status == "final"
+    seals = [m for m in published(second, topics.FINAL_LABELS) if isinstance(m, pb.DatasetSealed)]
+    assert [(s.dataset, s.final_labels) for s in seals] == [("d", 4)]
+    assert first.sealed("d")

@@ -52,6 +52,7 @@ class StageWorker:
         self.max_backoff_s = max_backoff_s
         self._given_back = 0  # batches given back in a row: the backoff grows while a back-end stays away
         self.consumer_group = f"auditoryhum-{stage.name}"
+        self._idle_relay_at = 0.0
         self.outbox = Outbox(stage.store, bus, on_recover=partial(self.metrics.recovered, stage.name),
                              crash_after=crash_after_relayed) if stage.store is not None else None
         if self.outbox is not None:
@@ -65,6 +66,7 @@ class StageWorker:
         """Process one batch; returns how many records it consumed."""
         records = self.consumer.poll(self.batch_size, timeout_s)
         if not records:
+            self._idle_relay()
             return 0
         started = time.perf_counter()
         try:
@@ -145,6 +147,19 @@ class StageWorker:
         for out in outs:
             self.bus.publish(out.topic, out.key, out.message)
         self.bus.flush()
+
+    def _idle_relay(self) -> None:
+        """While idle, relay now and then: rows a dead replica left in a shared outbox are sent without waiting for
+        this replica's next record (auditoryhum.outbox)."""
+        if self.outbox is None or time.monotonic() < self._idle_relay_at:
+            return
+        self._idle_relay_at = time.monotonic() + self.outbox.orphan_after_s / 2
+        try:
+            self.relay()
+        except Exception as exc:  # an outage: the next relay tries again
+            if not isinstance(exc, BusError) and transient_kind(exc) is None:
+                raise
+            log.warning("%s: idle relay failed: %s", self.stage.name, exc)
 
     def relay(self) -> None:
         """Publish what the outbox holds (after the transaction that wrote it has committed)."""

@@ -16,7 +16,8 @@ from functools import partial
 from typing import Iterator
 
 from sqlalchemy import (Boolean, Column, Connection, Float, Integer, LargeBinary, MetaData, String, Table,
-                        create_engine, event)
+                        create_engine, event, select, text)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
 from auditoryhum import migrations
@@ -149,12 +150,39 @@ class Store:
             finally:
                 self._local.conn = None
 
+    @property
+    def shared(self) -> bool:
+        """Whether replicas on other machines can share this database (a server, not a SQLite file)."""
+        return not self.url.startswith("sqlite")
+
     def in_transaction(self) -> bool:
         """Whether this thread holds a transaction (whose changes are not committed yet)."""
         return getattr(self._local, "conn", None) is not None
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def lock_row(db: Connection, table: Table, **key):
+    """The row of ``table`` with primary key ``key``, created (other columns at their defaults) if missing, and
+    locked until the transaction ends (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the whole
+    file). Replicas sharing a database serialise their work on one dataset on its row: a gRPC call, the deadline
+    timer or a consumer that lost its partitions in a rebalance never interleaves with the dataset's owner, and
+    each reads what the one before it committed."""
+    dialect = postgresql if db.dialect.name == "postgresql" else sqlite
+    defaults = {c.name: c.default.arg for c in table.columns if c.default is not None and not c.primary_key}
+    # ON CONFLICT DO NOTHING: two replicas creating the same row at once both go on, neither fails.
+    db.execute(dialect.insert(table).values(**key, **defaults).on_conflict_do_nothing())
+    where = [table.c[name] == value for name, value in key.items()]
+    return db.execute(select(table).where(*where).with_for_update()).one()
+
+
+def lock_name(db: Connection, scope: str, name: str) -> None:
+    """Hold a lock on ``scope``/``name`` until the transaction ends, for state spread over rows with no one row to
+    lock (a taxonomy spans datasets and versions): a PostgreSQL transaction-level advisory lock; on SQLite, BEGIN
+    IMMEDIATE already holds the whole file."""
+    if db.dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"{scope}/{name}"})
 
 
 def _sqlite_begin(conn: Connection) -> None:

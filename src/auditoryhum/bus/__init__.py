@@ -13,7 +13,8 @@ from typing import Protocol, Sequence
 
 from google.protobuf.message import Message
 
-from auditoryhum.bus.codec import decode
+from auditoryhum import topics
+from auditoryhum.bus.codec import CodecError, decode
 
 
 class BusError(RuntimeError):
@@ -49,8 +50,10 @@ class Consumer(Protocol):
 class Bus(Protocol):
     def publish(self, topic: str, key: str, message: Message) -> None: ...
 
-    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
-        """Publish an encoded record (``publish`` encodes, then calls this)."""
+    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str],
+                    route: str | None = None) -> None:
+        """Publish an encoded record (``publish`` encodes, then calls this). ``route``: what picks the partition
+        (:func:`routing`); None works it out from the record."""
         ...
 
     def tail(self, topic: str, last: int) -> list[Record]:
@@ -65,3 +68,17 @@ class Bus(Protocol):
     def subscribe(self, group: str, topics: Sequence[str]) -> Consumer: ...
 
     def close(self) -> None: ...
+
+
+def routing(topic: str, key: str, message: Message | None = None, value: bytes = b"",
+            headers: dict[str, str] | None = None) -> str:
+    """What a record's partition is hashed from: :func:`auditoryhum.topics.partition_key` of the message (decoded
+    from ``value`` when not given, on the routed topics only), else the key."""
+    if topic not in topics.ROUTED:
+        return key
+    if message is None:
+        try:
+            message = decode(value, headers or {})
+        except CodecError:  # not ours to route: where its key puts it
+            return key
+    return topics.partition_key(topic, message) or key

@@ -18,9 +18,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from auditoryhum.bus import BusError, Record
+from auditoryhum.bus import BusError, Record, routing
 from auditoryhum.bus.codec import encode
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,15 @@ class KafkaBus:
         return self._local.pending
 
     def publish(self, topic: str, key: str, message: Message) -> None:
-        self.publish_raw(topic, key, *encode(message))
+        self.publish_raw(topic, key, *encode(message), route=routing(topic, key, message))
 
-    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
+    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str],
+                    route: str | None = None) -> None:
+        route = routing(topic, key, value=value, headers=headers) if route is None else route
         try:
-            future = self._producer.send(topic, key=key.encode("utf-8"), value=value,
+            # A routed record goes where a key equal to its route would (Kafka's own hash), keeping its key.
+            partition = None if route == key else _partition(route, self._producer.partitions_for(topic))
+            future = self._producer.send(topic, key=key.encode("utf-8"), value=value, partition=partition,
                                          headers=[(k, v.encode("utf-8")) for k, v in headers.items()])
         except KafkaError as exc:
             raise BusError(f"cannot publish to {topic}: {exc}") from exc
@@ -410,6 +415,11 @@ def group_lag(bootstrap: str, groups: Mapping[str, Sequence[str]], *, timeout_s:
                                                    else starts[tp].offset))
                          for topic in group_topics for tp in partitions.get(topic, ()))
     return lag
+
+
+def _partition(route: str, partitions) -> int:
+    """The partition Kafka's default partitioner gives a record keyed ``route``."""
+    return sorted(partitions)[(murmur2(route.encode("utf-8")) & 0x7FFFFFFF) % len(partitions)]
 
 
 def _record(r) -> Record:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from google.protobuf.message import Message
 
-from auditoryhum.bus import Record
+from auditoryhum.bus import Record, routing
 from auditoryhum.bus.codec import encode
 
 
@@ -54,12 +54,14 @@ class InMemoryBus:
         return self._topics[topic]
 
     def publish(self, topic: str, key: str, message: Message) -> None:
-        self.publish_raw(topic, key, *encode(message))
+        self.publish_raw(topic, key, *encode(message), route=routing(topic, key, message))
 
-    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
+    def publish_raw(self, topic: str, key: str, value: bytes, headers: dict[str, str],
+                    route: str | None = None) -> None:
+        route = routing(topic, key, value=value, headers=headers) if route is None else route
         with self._lock:
             partitions = self._topic(topic)
-            p = partition_for(key, len(partitions))
+            p = partition_for(route, len(partitions))
             part = partitions[p]
             part.records.append(Record(topic, p, part.end, key, value, headers))
             for consumer in self._waiting.get(topic, ()):

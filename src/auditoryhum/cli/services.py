@@ -23,7 +23,11 @@ def serve(name: str = typer.Argument(..., help="labeler, aligner, review or clus
     if name not in SERVICES:
         typer.echo(f"unknown service {name!r}; one of: {', '.join(SERVICES)}", err=True)
         raise typer.Exit(2)
-    serve_service(name, load_settings(ServiceSettings))
+    settings = load_settings(ServiceSettings)
+    if problem := settings.replication_problem(name):
+        typer.echo(f"invalid settings: {problem}", err=True)
+        raise typer.Exit(2)
+    serve_service(name, settings)
 
 
 _KUBE = "Kubernetes (--on-kubernetes)"

@@ -212,6 +212,10 @@ class ReviewDesk:
         if not decision.HasField("decided_at"):
             decision.decided_at.FromNanoseconds(int(self.clock() * 1e9))
         with self.store.transaction() as db:
+            dataset = db.execute(select(review_clips.c.dataset).where(review_clips.c.task_id == decision.task_id)
+                                 ).scalar()
+            if dataset is not None:  # the dataset before its task, as the stream does: no lock-order deadlock
+                self.stage.lock(db, dataset)
             row = db.execute(select(review_clips).where(review_clips.c.task_id == decision.task_id)
                              .with_for_update()).first()
             if row is None:

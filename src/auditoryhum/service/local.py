@@ -7,7 +7,10 @@ started.
 
     python -m auditoryhum.service.local up|down|status [--home .run] [--kafka-port 19092] [--port-base 50051]
                                                        [--triton-port 18000 | --no-triton]
-                                                       [--allowed-uris PREFIXES]
+                                                       [--allowed-uris PREFIXES] [--replicas review=2 ...]
+
+A service may run as several replicas (``replicas``): replica 0 on the usual ports, replica r on ports of its own
+from ``replica_base`` (see :meth:`LocalStack.ports`), each its own process, pid file, log and instance id.
 """
 
 from __future__ import annotations
@@ -92,15 +95,20 @@ class KafkaCluster:
 class LocalStack:
     def __init__(self, home: Path, *, kafka_port: int = 19092, port_base: int = 50051, metrics_base: int = 9101,
                  triton_port: int | None = 18000, ui_port: int = 8080, env: dict[str, str] | None = None,
-                 kafka: KafkaCluster | None = None, allowed_uris: str | None = None):
+                 kafka: KafkaCluster | None = None, allowed_uris: str | None = None,
+                 replicas: dict[str, int] | None = None, replica_base: int | None = None):
         """``triton_port``: Triton's HTTP port (gRPC and metrics on the next two); None runs the models inside
         each service instead. ``ui_port``: the review service's web UI. ``env``: settings every service gets
         (``AUDITORYHUM_*``), e.g. a state URL or review policy. ``kafka``: the brokers, by default a single node
         on ``kafka_port`` with its data in ``home/kafka``. ``allowed_uris``: where the services may read clips
-        (AUDITORYHUM_ALLOWED_URIS); by default the environment's, else this checkout's ``data/`` folder."""
+        (AUDITORYHUM_ALLOWED_URIS); by default the environment's, else this checkout's ``data/`` folder.
+        ``replicas``: service → how many :meth:`up` starts (default 1); review and clusterer need a PostgreSQL
+        state URL in ``env`` for more. ``replica_base``: the first port of replicas 1.. (default port_base + 1000)."""
         self.home = home.resolve()
         self.ui_port = ui_port
         self.port_base, self.metrics_base = port_base, metrics_base
+        self.replicas = {name: 1 for name in SERVICES} | (replicas or {})
+        self.replica_base = port_base + 1000 if replica_base is None else replica_base
         self.kafka = kafka or KafkaCluster(self.home / "kafka", [kafka_port])
         self.triton_port = triton_port
         # The services' models: on this stack's Triton, or in each service.
@@ -118,11 +126,20 @@ class LocalStack:
     def triton_url(self) -> str:
         return f"127.0.0.1:{self.triton_port + 1}"
 
-    def grpc_address(self, name: str) -> str:
-        return f"127.0.0.1:{self.port_base + SERVICES.index(name)}"
+    def ports(self, name: str, replica: int = 0) -> tuple[int, int, int]:
+        """(gRPC, metrics, UI) ports of a replica. Replica r >= 1: ten ports from replica_base + 10 (r - 1), gRPC
+        on the first four (by service), metrics on the next four, the review UI on the ninth."""
+        i = SERVICES.index(name)
+        if replica == 0:
+            return self.port_base + i, self.metrics_base + i, self.ui_port
+        base = self.replica_base + 10 * (replica - 1)
+        return base + i, base + 4 + i, base + 8
 
-    def metrics_address(self, name: str) -> str:
-        return f"127.0.0.1:{self.metrics_base + SERVICES.index(name)}"
+    def grpc_address(self, name: str, replica: int = 0) -> str:
+        return f"127.0.0.1:{self.ports(name, replica)[0]}"
+
+    def metrics_address(self, name: str, replica: int = 0) -> str:
+        return f"127.0.0.1:{self.ports(name, replica)[1]}"
 
     # -- Kafka --------------------------------------------------------------------------------------------------
 
@@ -161,35 +178,40 @@ class LocalStack:
 
     # -- services -----------------------------------------------------------------------------------------------
 
-    def _pidfile(self, name: str) -> Path:
-        return self.home / f"{name}.pid"
+    def _pidfile(self, member: str) -> Path:
+        return self.home / f"{member}.pid"
 
-    def start(self, name: str, wait_s: float = 120.0, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, wait_s: float = 120.0, env: dict[str, str] | None = None,
+              replica: int = 0) -> subprocess.Popen:
         """Start service ``name`` (``env``: settings of this start only) and wait until its gRPC health check says
         SERVING."""
-        process = self.spawn(name, env)
-        self.wait_serving(name, wait_s, process)
+        process = self.spawn(name, env, replica)
+        self.wait_serving(name, wait_s, process, replica)
         return process
 
-    def spawn(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        i = SERVICES.index(name)
+    def spawn(self, name: str, env: dict[str, str] | None = None, replica: int = 0) -> subprocess.Popen:
+        grpc_port, metrics_port, ui_port = self.ports(name, replica)
+        who = member(name, replica)
         env = {**os.environ, **self.env, **(env or {}),
-               "AUDITORYHUM_BOOTSTRAP": self.bootstrap, "AUDITORYHUM_GRPC_PORT": str(self.port_base + i),
-               "AUDITORYHUM_METRICS_PORT": str(self.metrics_base + i), "AUDITORYHUM_INSTANCE_ID": name,
-               "AUDITORYHUM_STATE_DIR": str(self.home / "state"), "AUDITORYHUM_UI_PORT": str(self.ui_port)}
-        log = (self.home / f"{name}.log").open("ab")
+               "AUDITORYHUM_BOOTSTRAP": self.bootstrap, "AUDITORYHUM_GRPC_PORT": str(grpc_port),
+               "AUDITORYHUM_METRICS_PORT": str(metrics_port), "AUDITORYHUM_INSTANCE_ID": who,
+               "AUDITORYHUM_REPLICAS": str(max(self.replicas[name], replica + 1)),
+               "AUDITORYHUM_STATE_DIR": str(self.home / "state"), "AUDITORYHUM_UI_PORT": str(ui_port)}
+        log = (self.home / f"{who}.log").open("ab")
         process = subprocess.Popen([sys.executable, "-m", "auditoryhum", "serve", name], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home)
-        self._pidfile(name).write_text(str(process.pid))
+        self._pidfile(who).write_text(str(process.pid))
         return process
 
-    def wait_serving(self, name: str, wait_s: float, process: subprocess.Popen | None = None) -> None:
+    def wait_serving(self, name: str, wait_s: float, process: subprocess.Popen | None = None,
+                     replica: int = 0) -> None:
+        who = member(name, replica)
         deadline = time.monotonic() + wait_s
-        with grpc.insecure_channel(self.grpc_address(name)) as channel:
+        with grpc.insecure_channel(self.grpc_address(name, replica)) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if process is not None and process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.home / (name + '.log')}")
+                    raise RuntimeError(f"{who} exited with {process.returncode}; see {self.home / (who + '.log')}")
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -197,15 +219,19 @@ class LocalStack:
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not SERVING after {wait_s:g} s; see {self.home / (name + '.log')}")
+                    raise TimeoutError(f"{who} not SERVING after {wait_s:g} s; see {self.home / (who + '.log')}")
                 time.sleep(0.3)
 
-    def signal(self, name: str, sig: int = signal.SIGTERM, wait_s: float = 30.0) -> None:
-        """Send ``sig`` to a service and wait for it to exit (SIGKILL is the crash test)."""
-        self._stop((name,), sig, wait_s)
+    def signal(self, name: str, sig: int = signal.SIGTERM, wait_s: float = 30.0, replica: int = 0) -> None:
+        """Send ``sig`` to a service's replica and wait for it to exit (SIGKILL is the crash test)."""
+        self._stop((member(name, replica),), sig, wait_s)
+
+    def members(self) -> tuple[str, ...]:
+        """Every replica started and not stopped, by pid file: ``review``, ``review-1``..."""
+        return tuple(sorted(p.stem for p in self.home.glob("*.pid") if p.stem.split("-")[0] in SERVICES))
 
     def _stop(self, names: tuple[str, ...], sig: int, wait_s: float) -> None:
-        """Signal every named service at once, then wait for each (SIGKILL after ``wait_s``)."""
+        """Signal every named replica at once, then wait for each (SIGKILL after ``wait_s``)."""
         pids = {}
         for name in names:
             pidfile = self._pidfile(name)
@@ -230,12 +256,12 @@ class LocalStack:
         if kafka:
             self.start_kafka()
         self.start_triton()
-        processes = {name: self.spawn(name) for name in services}
-        for name, process in processes.items():
-            self.wait_serving(name, wait_s, process)
+        processes = {(name, r): self.spawn(name, replica=r) for name in services for r in range(self.replicas[name])}
+        for (name, replica), process in processes.items():
+            self.wait_serving(name, wait_s, process, replica)
 
     def stop_services(self) -> None:
-        self._stop(SERVICES, signal.SIGTERM, 30.0)
+        self._stop(self.members(), signal.SIGTERM, 30.0)
         self.stop_triton()
 
     def down(self) -> None:
@@ -255,8 +281,14 @@ class LocalStack:
         self.down()
 
     def status(self) -> dict[str, bool]:
-        return {name: self._pidfile(name).exists() and _alive(int(self._pidfile(name).read_text()))
-                for name in SERVICES}
+        """Each service and replica: running or not."""
+        return {who: self._pidfile(who).exists() and _alive(int(self._pidfile(who).read_text()))
+                for who in sorted({*SERVICES, *self.members()})}
+
+
+def member(name: str, replica: int = 0) -> str:
+    """A replica's name: its pid file, log and instance id (replica 0 is the service's own name)."""
+    return name if replica == 0 else f"{name}-{replica}"
 
 
 def _alive(pid: int) -> bool:
@@ -288,10 +320,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ui-port", type=int, default=8080, help="the review service's web UI")
     parser.add_argument("--allowed-uris", help="folders and URL prefixes the services read clips from (default: "
                                                "$AUDITORYHUM_ALLOWED_URIS, else ./data/)")
+    parser.add_argument("--replicas", nargs="*", default=[], metavar="SERVICE=N",
+                        help="replicas of a service (review and clusterer: with AUDITORYHUM_STATE_URL on PostgreSQL)")
     args = parser.parse_args(argv)
+    replicas = {}
+    for item in args.replicas:
+        name, _, n = item.partition("=")
+        if name not in SERVICES or not n.isdigit() or int(n) < 1:
+            parser.error(f"--replicas {item!r}: SERVICE=N, SERVICE one of {', '.join(SERVICES)}, N >= 1")
+        replicas[name] = int(n)
     stack = LocalStack(args.home, kafka_port=args.kafka_port, port_base=args.port_base,
                        metrics_base=args.metrics_base, triton_port=None if args.no_triton else args.triton_port,
-                       ui_port=args.ui_port, allowed_uris=args.allowed_uris)
+                       ui_port=args.ui_port, allowed_uris=args.allowed_uris, replicas=replicas)
     if args.command == "up":
         stack.up()
         for name in SERVICES:

@@ -15,6 +15,8 @@ DEFAULT_PORTS = {"labeler": (50051, 9101), "aligner": (50052, 9102), "review": (
                  "clusterer": (50054, 9104)}
 
 
+STATEFUL = ("review", "clusterer")  # services whose state lives in a database (state_url)
+
 # Requests of these services carry no audio: a smaller limit (MB) keeps a hostile body small.
 SMALL_REQUESTS_MB = {"review": 1.0, "clusterer": 1.0}
 
@@ -57,6 +59,9 @@ class ServiceSettings(Settings):
     state_url: str | None = Field(None, description="SQLAlchemy URL of review/clusterer state; default "
                                                     "sqlite:///<state_dir>/<service>.db")
     state_dir: str = Field("state", description="folder of the default SQLite state files")
+    replicas: int = Field(1, ge=1, description="how many replicas of this service run at most (the chart's replicas or "
+                                               "maxReplicas): review and clusterer replicas must share a PostgreSQL "
+                                               "state_url, since a dataset moves between them on a rebalance")
     auth_token: SecretStr | None = Field(None, description="bearer token every gRPC call (health checks aside) and the "
                                                            "review web UI must present; required to bind beyond "
                                                            "loopback")
@@ -85,7 +90,17 @@ class ServiceSettings(Settings):
         return self.max_request_mb or SMALL_REQUESTS_MB.get(service, self.max_message_mb)
 
     def store_url(self, service: str) -> str:
+        if problem := self.replication_problem(service):
+            raise ValueError(problem)
         if self.state_url:
             return self.state_url
         os.makedirs(self.state_dir, exist_ok=True)
         return f"sqlite:///{os.path.join(self.state_dir, service)}.db"
+
+    def replication_problem(self, service: str) -> str | None:
+        """Why ``service`` cannot run ``replicas`` replicas on this state, or None. A SQLite file is one replica's:
+        the replica that takes over a dataset after a rebalance would not find its state there."""
+        if service not in STATEFUL or self.replicas == 1 or not (self.state_url or "sqlite").startswith("sqlite"):
+            return None
+        return (f"{service}: {self.replicas} replicas (AUDITORYHUM_REPLICAS) need a shared state database, not SQLite "
+                f"files: set AUDITORYHUM_STATE_URL to a PostgreSQL URL (postgresql+psycopg://...), or run one replica")

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from auditoryhum import topics
 from auditoryhum.stages.base import Out, Stage, dead_letter
-from auditoryhum.store import Store, cluster_datasets, cluster_labels, taxonomy_versions
+from auditoryhum.store import Store, cluster_datasets, cluster_labels, lock_name, lock_row, taxonomy_versions
 from auditoryhum.taxonomy.builder import TaxonomyBuilder
 from auditoryhum.taxonomy.index import Match, TaxonomyIndex, label_vectors, novelty_threshold
 from auditoryhum.taxonomy.lineage import first_version, link
@@ -90,6 +90,7 @@ class ClustererStage(Stage):
             if isinstance(message, pb.FinalLabel):
                 return self._final_label(db, message, vectors)
             if isinstance(message, pb.DatasetSealed):
+                self._lock(db, message.taxonomy or message.dataset)
                 self._dataset(db, message.dataset)
                 db.execute(update(cluster_datasets).where(cluster_datasets.c.dataset == message.dataset)
                            .values(expected=message.final_labels))
@@ -98,6 +99,7 @@ class ClustererStage(Stage):
 
     def _final_label(self, db: Connection, message: pb.FinalLabel, vectors: dict[str, np.ndarray]) -> list[Out]:
         clip, name = message.clip, topics.taxonomy_of(message.clip)
+        self._lock(db, name)
         embedding = None
         if self.builder.representation == "class-vector":
             if not message.audio_embedding:
@@ -174,6 +176,7 @@ class ClustererStage(Stage):
         """A new version of the taxonomy from every label it holds now (e.g. with other settings), linked to the
         previous one; returns its record on the taxonomy topic."""
         with self.store.transaction() as db:
+            self._lock(db, name)  # whichever replica is asked: one build of a taxonomy at a time, numbered in turn
             return [Out(topics.TAXONOMY, name, self._build(db, name, builder or self.builder, trigger))]
 
     def _build(self, db: Connection, name: str, builder: TaxonomyBuilder, trigger: str) -> pb.Taxonomy:
@@ -239,12 +242,16 @@ class ClustererStage(Stage):
                                        .where(cluster_labels.c.taxonomy == name)
                                        .group_by(cluster_labels.c.label)).all()))
 
+    @staticmethod
+    def _lock(db: Connection, name: str) -> None:
+        """Every change to a taxonomy takes its lock first: replicas sharing the store (the stream's owner, a gRPC
+        BuildTaxonomy on another replica, a consumer finishing a batch after a rebalance) change it one at a time,
+        each reading what the one before committed."""
+        lock_name(db, "taxonomy", name)
+
     def _dataset(self, db: Connection, dataset: str):
-        row = db.execute(select(cluster_datasets).where(cluster_datasets.c.dataset == dataset)).first()
-        if row is None:
-            db.execute(insert(cluster_datasets).values(dataset=dataset, published=False))
-            row = db.execute(select(cluster_datasets).where(cluster_datasets.c.dataset == dataset)).first()
-        return row
+        """The dataset's row (created if missing; taken under its taxonomy's lock)."""
+        return lock_row(db, cluster_datasets, dataset=dataset)
 
     def _labels(self, db: Connection, dataset: str) -> int:
         return db.execute(select(func.count()).select_from(cluster_labels)

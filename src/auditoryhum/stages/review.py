@@ -40,7 +40,7 @@ from auditoryhum.review.calibration import CALIBRATED, METHODS, calibrated_thres
 from auditoryhum.review.rank import RANKS, REASONS, suspect_order
 from auditoryhum.stages.base import Out, Stage, dead_letter
 from auditoryhum.stages.labeler import HINT_KEY
-from auditoryhum.store import Store, review_clips, review_datasets, review_decisions
+from auditoryhum.store import Store, lock_row, review_clips, review_datasets, review_decisions
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 # Dead letters from these stages mean a clip will never reach review: they count towards dataset completion. So
@@ -105,8 +105,9 @@ class ReviewStage(Stage):
         with self.store.transaction() as db:
             if isinstance(message, pb.DatasetAnnouncement):
                 self._dataset(db, message.dataset)
+                taxonomy = {"taxonomy": message.taxonomy} if message.taxonomy else {}
                 db.execute(update(review_datasets).where(review_datasets.c.dataset == message.dataset)
-                           .values(expected=message.expected_clips))
+                           .values(expected=message.expected_clips, **taxonomy))
                 return self._progress(db, message.dataset)
             if isinstance(message, pb.Alignment):
                 return self._on_alignment(db, message)
@@ -120,8 +121,9 @@ class ReviewStage(Stage):
         """Ends a dataset's human review: tasks nobody decided keep the model's label, as without reviewers, and so
         do clips held for a calibration that was not reached."""
         with self.store.transaction() as db:
+            complete = self._dataset(db, dataset).complete  # locked first, as every change to a dataset
             precision = self.policy.precision
-            held = [SCORED] if precision is not None and self._dataset(db, dataset).complete else []
+            held = [SCORED] if precision is not None and complete else []
             rows = db.execute(select(review_clips.c.alignment).where(
                 review_clips.c.dataset == dataset, review_clips.c.status.in_([PENDING, *held]))).scalars().all()
             if held and (n := self._count(db, dataset, SCORED)):
@@ -140,11 +142,10 @@ class ReviewStage(Stage):
     # -- handlers ---------------------------------------------------------------------------------------------------
 
     def _dataset(self, db: Connection, dataset: str):
-        row = db.execute(select(review_datasets).where(review_datasets.c.dataset == dataset)).first()
-        if row is None:
-            db.execute(insert(review_datasets).values(dataset=dataset, complete=False, sealed=False))
-            row = db.execute(select(review_datasets).where(review_datasets.c.dataset == dataset)).first()
-        return row
+        """The dataset's row, locked: every change to a dataset takes it first (replicas sharing the store)."""
+        return lock_row(db, review_datasets, dataset=dataset)
+
+    lock = _dataset  # for the desk: a decision locks the dataset before its task
 
     def _status(self, db: Connection, dataset: str, clip_id: str) -> str | None:
         return db.execute(select(review_clips.c.status).where(review_clips.c.dataset == dataset,
@@ -160,7 +161,9 @@ class ReviewStage(Stage):
 
     def _on_alignment(self, db: Connection, alignment: pb.Alignment) -> list[Out]:
         clip = alignment.clip
-        self._dataset(db, clip.dataset)
+        if clip.taxonomy and self._dataset(db, clip.dataset).taxonomy is None:
+            db.execute(update(review_datasets).where(review_datasets.c.dataset == clip.dataset)
+                       .values(taxonomy=clip.taxonomy))  # for its DatasetSealed, when the announcement had none
         status = self._status(db, clip.dataset, clip.clip_id)
         if status in (RESCORING, RELABELLING):  # the aligner's score of a reviewer's correction or re-labelling
             return [self._decided(db, alignment), *self._seal(db, clip.dataset)]
@@ -268,10 +271,13 @@ class ReviewStage(Stage):
         return outs
 
     def _on_decision(self, db: Connection, decision: pb.ReviewDecision) -> list[Out]:
-        row = db.execute(select(review_clips).where(review_clips.c.task_id == decision.task_id,
-                                                    review_clips.c.status == PENDING)).first()
-        if row is None:
+        pending = select(review_clips).where(review_clips.c.task_id == decision.task_id,
+                                              review_clips.c.status == PENDING)
+        if (row := db.execute(pending).first()) is None:
             return []  # unknown or already decided: decisions are idempotent
+        self._dataset(db, row.dataset)
+        if (row := db.execute(pending).first()) is None:  # decided by another replica while we waited for the lock
+            return []
         alignment = pb.Alignment.FromString(row.alignment)
         clip, action = alignment.clip, decision.action
         label = alignment.best_label
@@ -349,6 +355,6 @@ class ReviewStage(Stage):
             return []
         db.execute(update(review_datasets).where(review_datasets.c.dataset == dataset).values(sealed=True))
         sealed = pb.DatasetSealed(dataset=dataset, final_labels=counts.get(FINAL, 0), dead_letters=counts.get(DEAD, 0),
-                                  removed=counts.get(REMOVED, 0))
+                                  removed=counts.get(REMOVED, 0), taxonomy=state.taxonomy or "")
         return [Out(topics.FINAL_LABELS, dataset, sealed)]
 

@@ -132,6 +132,9 @@ key: {{ ternary .Values.state.existingSecretKey "state-url" (ne .Values.state.ex
 {{- fail (printf "%s: autoscaling.keda and autoscaling.hpa are both enabled; enable one (an HPA and a ScaledObject on one Deployment fight over its replicas)" $name) }}
 {{- end }}
 {{- $max := include "auditoryhum.maxReplicas" (dict "values" $values) | int }}
+{{- if and (hasKey $values "persistence") (gt $max 1) (not (include "auditoryhum.stateInDatabase" $)) }}
+{{- fail (printf "%s: %d replicas (max) need a shared state database (state.url or state.existingSecret): on SQLite volumes a replica taking over a dataset would not find its state" $name $max) }}
+{{- end }}
 {{- if gt $max $partitions }}
 {{- fail (printf "%s: %d replicas (max) exceed the %d partitions of %s (kafka.partitions); the extra consumers would sit idle: lower the replicas or raise kafka.partitions" $name $max $partitions (first $topics)) }}
 {{- end }}
