@@ -208,3 +208,26 @@ def test_a_rebuild_renumbers_the_scenes_with_their_clusters(models, taxonomy):
     assert {s.scene_id: sorted(tuple(sorted(lc.label for lc in by_id[i].labels)) for i in s.cluster_ids)
             for s in new.scenes} == before
     assert all(by_id[i].scene_id == s.scene_id for s in new.scenes for i in s.cluster_ids)
+
+
+def test_the_harness_measures_scenes_against_the_audioset_top_level(tmp_path):
+    """Two scenes over four categories: speech+crowd (Human sounds) and traffic+train (Sounds of things), one
+    train clip astray (labelled like speech)."""
+    from auditoryhum.quality.scenes import scene_row
+    from auditoryhum.quality.truth import Truth
+
+    clips = [("speech", 0, 0)] * 3 + [("crowd", 1, 0)] * 3 + [("traffic", 2, 1)] * 3 + [("train", 3, 1)] * 2 + [
+        ("train", 0, 0), ("harbour", 2, 1)]
+    paths = [tmp_path / f"{c}{i}.wav" for i, (c, _, _) in enumerate(clips)]
+    with (tmp_path / "assignments.csv").open("w") as f:
+        f.write("clip_id,path,label,cluster_id,composite_label,scene_id,scene_label\n")
+        f.writelines(f"c{i},{p},l,{k},n,{s},s\n" for i, (p, (_, k, s)) in enumerate(zip(paths, clips)))
+    (tmp_path / "taxonomy.json").write_text(json.dumps({"k": 4, "scenes": [{"id": 0}, {"id": 1}]}))
+    truth = Truth(tmp_path, tuple(paths), tuple(c for c, _, _ in clips), {c: c for c, _, _ in clips})
+    row = scene_row(tmp_path, truth)
+    assert (row["scenes"], row["k"], row["clips"]) == (2, 4, 13)
+    assert row["purity_top"] == pytest.approx(11 / 12)  # harbour left out; one train clip in the human scene
+    assert row["category_whole"] == pytest.approx((1 + 1 + 1 + 2 / 3 + 1) / 5)
+    assert row["scene_categories"] == {"0": {"speech": 3, "crowd": 3, "train": 1}, "1": {"traffic": 3, "train": 2,
+                                                                                          "harbour": 1}}
+    assert 0 < row["nmi_top"] < 1 and row["nmi_top_fine"] < 1 and 0 <= row["nmi_top_random"] < row["nmi_top"]
