@@ -172,6 +172,10 @@ def test_the_harness_prints_one_row_per_profile_and_writes_it_as_json_and_csv(tm
         for rank in ("score", "disagreement", "combined")]
     assert all(0.0 <= r["p@5%"] <= 1.0 and r["clips"] == 4 for r in ranking)
     assert (out / "eval_synthetic_families.csv").is_file() and (out / "eval_review_ranking.csv").is_file()
+    (scenes_row,) = report["scenes"]  # four clips make fewer than four clusters: no scenes, and why
+    assert scenes_row["profile"] == "lite" and scenes_row["scenes"] == 0 and scenes_row["nmi_top"] is None
+    assert scenes_row["scenes_note"].endswith("broad scenes need at least 4") and "NMI scenes" in result.output
+    assert (out / "eval_scenes.csv").is_file()
 
     bad = CliRunner().invoke(harness, [str(eval_set), "--out", str(tmp_path / "never"),
                                        "--paper-models", str(tmp_path)], env={"COLUMNS": "200"})

@@ -47,7 +47,7 @@ def test_every_output_file_follows_the_contract(run):
         "alignments.csv": ["clip_id", "label", "score", "is_best"],
         "labelers.csv": ["clip_id", "model", "label", "score", "kept"],
         "review_queue.csv": ["clip_id", "path", "label", "score", "disagreement"],
-        "assignments.csv": ["clip_id", "path", "label", "cluster_id", "composite_label"],
+        "assignments.csv": ["clip_id", "path", "label", "cluster_id", "composite_label", "scene_id", "scene_label"],
         "dead_letters.csv": ["path", "stage", "reason"],
     }
     for name, header in columns.items():
@@ -82,6 +82,10 @@ def test_every_output_file_follows_the_contract(run):
     assert len(assignments) == good
     composite = {c["id"]: c["composite_label"] for c in taxonomy["clusters"]}
     assert all(composite[int(a["cluster_id"])] == a["composite_label"] for a in assignments)
+    scene_of = {c["id"]: c["scene_id"] for c in taxonomy["clusters"]}
+    scene_name = {s["id"]: s["composite_label"] for s in taxonomy["scenes"]}
+    assert all(a["scene_id"] == ("" if scene_of[int(a["cluster_id"])] is None else str(scene_of[int(a["cluster_id"])]))
+               and a["scene_label"] == scene_name.get(scene_of[int(a["cluster_id"])], "") for a in assignments)
 
 
 def test_each_bad_file_is_a_dead_letter_with_its_reason(run):

@@ -60,9 +60,18 @@ def taxonomy_dict(taxonomy: pb.Taxonomy) -> dict:
         "lineage": lineage_dict(taxonomy) if taxonomy.HasField("lineage") else None,
         "clusters": [
             {"id": c.cluster_id, "composite_label": c.composite_label, "size": c.size, "born_version": c.born_version,
+             "scene_id": c.scene_id if taxonomy.scenes else None,
              "labels": [{"label": lc.label, "count": lc.count} for lc in c.labels]}
             for c in taxonomy.clusters
         ],
+        "scenes": [
+            {"id": s.scene_id, "composite_label": s.composite_label, "size": s.size,
+             "cluster_ids": list(s.cluster_ids), "labels": [{"label": lc.label, "count": lc.count} for lc in s.labels]}
+            for s in taxonomy.scenes
+        ],
+        "scene_silhouette": taxonomy.scene_silhouette if taxonomy.scenes else None,
+        "scene_curve": [{"k": p.k, "silhouette": p.silhouette, "adjusted": p.adjusted} for p in taxonomy.scene_curve],
+        "scenes_note": taxonomy.scenes_note,
         "k_criterion": taxonomy.k_criterion,
         "curve": [{"k": p.k, "silhouette": p.silhouette, "adjusted": p.adjusted} for p in taxonomy.curve],
         "labels_in_several_clusters": labels_in_several_clusters(taxonomy),
@@ -92,7 +101,7 @@ def write_taxonomy(out: Path, taxonomy: pb.Taxonomy, embedder: TextEmbedder, *,
     metrics: dict = {
         "clips": taxonomy.clips, "unique_labels": taxonomy.unique_labels, "k": taxonomy.k,
         "lambda": taxonomy.penalty_lambda, "silhouette": taxonomy.silhouette,
-        "adjusted_silhouette": taxonomy.adjusted_silhouette,
+        "adjusted_silhouette": taxonomy.adjusted_silhouette, "scenes": len(taxonomy.scenes),
     }
     if scores is not None and len(scores):
         metrics |= {"mu_c": float(np.mean(scores)), "mu_1pct": lowest_mean(scores)}
@@ -205,16 +214,19 @@ class OutputWriter(Stage):
         taxonomy = self.taxonomies.get(dataset, pb.Taxonomy(dataset=dataset))
         cluster_of = {lc.label: c for c in taxonomy.clusters for lc in c.labels}
         by_id = {c.cluster_id: c for c in taxonomy.clusters}
+        scene_label = {s.scene_id: s.composite_label for s in taxonomy.scenes}
         clip_cluster = {cc.clip_id: by_id[cc.cluster_id] for cc in taxonomy.clip_clusters}
         clips: list[tuple[str, str, str]] = []
         with (self.out / "final_labels.csv").open(newline="", encoding="utf-8") as src, \
                 (self.out / "assignments.csv").open("w", newline="", encoding="utf-8") as dst:
             writer = csv.writer(dst)
-            writer.writerow(("clip_id", "path", "label", "cluster_id", "composite_label"))
+            writer.writerow(("clip_id", "path", "label", "cluster_id", "composite_label", "scene_id", "scene_label"))
             for row in csv.DictReader(src):
                 cluster = clip_cluster.get(row["clip_id"]) or cluster_of.get(row["label"])
+                scene = cluster.scene_id if cluster and scene_label else None
                 writer.writerow((row["clip_id"], row["path"], row["label"],
-                                 cluster.cluster_id if cluster else "", cluster.composite_label if cluster else ""))
+                                 cluster.cluster_id if cluster else "", cluster.composite_label if cluster else "",
+                                 "" if scene is None else scene, scene_label.get(scene, "")))
                 clips.append((row["clip_id"], row["label"], row["ground_truth"]))
         metrics = write_taxonomy(self.out, taxonomy, embedder, clips=clips, scores=np.asarray(self.scores),
                                  reviewed=np.asarray(self.reviewed_scores),

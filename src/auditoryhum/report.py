@@ -1,4 +1,5 @@
-"""The human-readable report: taxonomy table, metrics and plots (with reviewers' decisions, their calibration), as
+"""The human-readable report: taxonomy table, broad scenes to browse (a scene opens to its clusters, a cluster to its
+labels: plain ``<details>``, no script), metrics and plots (with reviewers' decisions, their calibration), as
 ``report.html`` plus PNGs.
 
 Every label is untrusted text (a model wrote it after listening to audio that may contain speech): the HTML
@@ -23,6 +24,7 @@ from auditoryhum.v1 import pipeline_pb2 as pb  # noqa: E402
 CURVE_PNG, MAP_PNG, SCORES_PNG = "selection_curve.png", "label_map.png", "score_histogram.png"
 CALIBRATION_PNG = "review_calibration.png"
 MAX_MAP_LABELS = 3000  # t-SNE cost grows fast; the most frequent labels show the structure
+TOP_LABELS = 12  # per cluster, in the table and the scene browser
 
 
 def plot_curve(taxonomy: pb.Taxonomy, path: Path) -> None:
@@ -130,8 +132,8 @@ def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metr
     metric_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in metrics.items())
     cluster_rows = "".join(
         f"<tr><td>{c.cluster_id}</td><td>{esc(c.composite_label)}</td><td>{c.size}</td><td>"
-        + ", ".join(f"{esc(lc.label)} ({lc.count})" for lc in c.labels[:12])
-        + (f", … {len(c.labels) - 12} more" if len(c.labels) > 12 else "") + "</td></tr>"
+        + ", ".join(f"{esc(lc.label)} ({lc.count})" for lc in c.labels[:TOP_LABELS])
+        + (f", … {len(c.labels) - TOP_LABELS} more" if len(c.labels) > TOP_LABELS else "") + "</td></tr>"
         for c in taxonomy.clusters)
     several = labels_in_several_clusters(taxonomy)
     several_html = ("<h2>Labels in more than one cluster</h2><ul>" + "".join(
@@ -147,12 +149,13 @@ def write(out: Path, taxonomy: pb.Taxonomy, vectors: dict[str, np.ndarray], metr
 <title>AuditoryHuM taxonomy: {esc(taxonomy.dataset)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}}figure{{display:inline-block;margin:1rem}}
-img{{max-width:100%}}</style></head><body>
+img{{max-width:100%}}details details{{margin-left:1.5rem}}summary{{cursor:pointer}}</style></head><body>
 <h1>Taxonomy of <em>{esc(taxonomy.dataset)}</em></h1>
 <p>{taxonomy.k} clusters of {taxonomy.unique_labels} unique labels over {taxonomy.clips} clips
 ({esc(taxonomy.algorithm)} on {esc(taxonomy.representation or "labels")}, k by {esc(taxonomy.k_criterion or "linear")}, λ = {taxonomy.penalty_lambda:g}, embeddings: {esc(taxonomy.embedder_id)}).</p>
 <h2>Metrics</h2><table>{metric_rows}</table>
 {review_html}{calibration_html}
+{_scenes(taxonomy)}
 <h2>Clusters</h2><table><tr><th>id</th><th>composite label</th><th>clips</th><th>labels (clips)</th></tr>{cluster_rows}</table>
 {several_html}{lineage_html}<h2>Plots</h2>{figures}
 </body></html>
@@ -177,6 +180,30 @@ def _lineage(taxonomy: pb.Taxonomy) -> str:
     body = "".join(f"<tr><th>{what}</th><td>{html.escape(text)}</td></tr>" for what, text in rows)
     return (f"<h2>Lineage: version {lineage.previous_version} → {taxonomy.version}</h2>"
             f"<p>Built on {html.escape(taxonomy.trigger)}.</p><table>{body}</table>")
+
+
+def _scenes(taxonomy: pb.Taxonomy) -> str:
+    """The two-level hierarchy to browse: each scene opens to its clusters, each cluster to its top labels."""
+    esc = html.escape
+    if not taxonomy.scenes:
+        note = taxonomy.scenes_note or "none were built"
+        return f'<h2>Broad scenes</h2><p class="no-scenes">No broad scenes: {esc(note)}.</p>'
+    by_id = {c.cluster_id: c for c in taxonomy.clusters}
+    parts = [f'<h2>Broad scenes</h2><p>{len(taxonomy.scenes)} scenes over {len(taxonomy.clusters)} clusters '
+             f'(silhouette of the clusters\' centroids {taxonomy.scene_silhouette:.3f}). Open a scene for its '
+             'clusters, a cluster for its labels.</p>']
+    for s in taxonomy.scenes:
+        parts.append(f'<details class="scene" id="scene-{s.scene_id}"><summary>Scene {s.scene_id}: '
+                     f'<strong>{esc(s.composite_label)}</strong>, {s.size} clips in {len(s.cluster_ids)} '
+                     'clusters</summary>')
+        for cid in s.cluster_ids:
+            c = by_id[cid]
+            labels = "".join(f"<li>{esc(lc.label)} ({lc.count})</li>" for lc in c.labels[:TOP_LABELS])
+            more = f"<li>… {len(c.labels) - TOP_LABELS} more</li>" if len(c.labels) > TOP_LABELS else ""
+            parts.append(f'<details class="cluster" id="cluster-{cid}"><summary>Cluster {cid}: '
+                         f'{esc(c.composite_label)}, {c.size} clips</summary><ul>{labels}{more}</ul></details>')
+        parts.append("</details>")
+    return "".join(parts)
 
 
 def _review(metrics: dict) -> str:

@@ -7,6 +7,9 @@
 and one of two protocols: ``default`` (:func:`~auditoryhum.taxonomy.selection.select_k`: k-means or Ward on unique
 labels, duplicate-weighted cosine silhouette) or ``reference`` (:func:`~auditoryhum.taxonomy.reference.
 reference_select_k`: the authors' Ward and euclidean silhouette on every clip, computed on unique labels).
+
+Over the chosen clusters, broad scenes (:mod:`~auditoryhum.taxonomy.hierarchy`): the clusters' centroids grouped by
+the same algorithm, named by the same prompt; the fine clusters stay as chosen.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from auditoryhum.backends import TextEmbedder
+from auditoryhum.taxonomy import hierarchy
 from auditoryhum.taxonomy.naming import TextGenerator, clean_name, cluster_prompt, frequent_labels_name, ranked
 from auditoryhum.taxonomy.reference import ALGORITHM as REFERENCE_ALGORITHM
 from auditoryhum.taxonomy.reference import reference_select_k
@@ -52,11 +56,12 @@ class TaxonomyBuilder:
         taxonomy = self._empty(dataset, len(labels), int(weights.sum()), "labels")
         if not labels:
             return taxonomy
-        selection = self._select(self.embedder.embed(labels), weights)
+        x = self.embedder.embed(labels)
+        selection = self._select(x, weights)
         members: dict[int, Counter[str]] = {}
         for label, cluster in zip(labels, selection.labels):
             members.setdefault(int(cluster), Counter())[label] = counts[label]
-        return self._assemble(taxonomy, selection, members)
+        return self._assemble(taxonomy, selection, members, x, weights)
 
     def build_class_vectors(self, dataset: str, clip_ids: Sequence[str], labels: Sequence[str],
                             audio: np.ndarray) -> pb.Taxonomy:
@@ -71,7 +76,7 @@ class TaxonomyBuilder:
         members: dict[int, Counter[str]] = {}
         for label, cluster in zip(labels, selection.labels):
             members.setdefault(int(cluster), Counter())[label] += 1
-        self._assemble(taxonomy, selection, members)
+        self._assemble(taxonomy, selection, members, vectors, np.ones(len(labels)))
         renumber = {old: new for new, old in enumerate(self._order(members))}
         taxonomy.clip_clusters.extend(pb.ClipCluster(clip_id=c, cluster_id=renumber[int(k)])
                                       for c, k in zip(clip_ids, selection.labels))
@@ -96,22 +101,40 @@ class TaxonomyBuilder:
         # Clusters are numbered by size, largest first, so ids are stable across identical inputs.
         return sorted(members, key=lambda k: (-sum(members[k].values()), frequent_labels_name(members[k])))
 
-    def _assemble(self, taxonomy: pb.Taxonomy, selection: Selection, members: dict[int, Counter[str]]) -> pb.Taxonomy:
+    def _assemble(self, taxonomy: pb.Taxonomy, selection: Selection, members: dict[int, Counter[str]],
+                  x: np.ndarray, weights: np.ndarray) -> pb.Taxonomy:
         taxonomy.k = selection.k
         taxonomy.curve.extend(pb.SelectionPoint(k=p.k, silhouette=p.silhouette, adjusted=p.adjusted)
                               for p in selection.curve)
         chosen = next((p for p in selection.curve if p.k == selection.k), None)
         if chosen is not None:
             taxonomy.silhouette, taxonomy.adjusted_silhouette = chosen.silhouette, chosen.adjusted
-        ordered = [members[k] for k in self._order(members)]
+        order = self._order(members)
+        ordered = [members[k] for k in order]
         for cluster_id, (counts, name) in enumerate(zip(ordered, self._names(ordered))):
             taxonomy.clusters.append(pb.TaxonomyCluster(
                 cluster_id=cluster_id, composite_label=name, size=sum(counts.values()),
                 labels=[pb.LabelCount(label=l, count=c) for l, c in ranked(counts)]))
+        renumber = {old: new for new, old in enumerate(order)}
+        self._scenes(taxonomy, x, weights, np.array([renumber[int(k)] for k in selection.labels]))
         return taxonomy
 
-    def _names(self, clusters: list[Counter[str]]) -> list[str]:
-        offline = [frequent_labels_name(m) for m in clusters]
+    def _scenes(self, taxonomy: pb.Taxonomy, x: np.ndarray, weights: np.ndarray, cluster_of_row: np.ndarray) -> None:
+        """Broad scenes over the clusters: their centroids, grouped by this taxonomy's algorithm."""
+        k = len(taxonomy.clusters)
+        if note := hierarchy.no_scenes_note(k):
+            taxonomy.scenes_note = note
+            return
+        centres, sizes = hierarchy.centroids(x, weights, cluster_of_row, k)
+        selection = hierarchy.choose_scenes(centres, sizes, algorithm=self.algorithm, seed=self.seed)
+        if selection is None:
+            taxonomy.scenes_note = "the clusters' centroids do not split into two scenes"
+            return
+        # Three labels, not two: a scene's name should reach past its largest cluster's.
+        hierarchy.add_scenes(taxonomy, selection, lambda groups: self._names(groups, top=3))
+
+    def _names(self, clusters: list[Counter[str]], top: int = 2) -> list[str]:
+        offline = [frequent_labels_name(m, top) for m in clusters]
         if self.namer is None:
             return offline
         answers = self.namer.generate([cluster_prompt(m) for m in clusters])

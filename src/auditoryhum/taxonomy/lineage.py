@@ -91,5 +91,7 @@ def _renumber(new: pb.Taxonomy, persisting: dict[int, pb.TaxonomyCluster], previ
         c.cluster_id = ids[j]
     for cc in new.clip_clusters:
         cc.cluster_id = renumber[cc.cluster_id]
+    for scene in new.scenes:  # the broad scenes name their clusters by id too
+        scene.cluster_ids[:] = [renumber[i] for i in scene.cluster_ids]
     new.next_cluster_id = next_id
     return ids
