@@ -61,3 +61,22 @@ def test_memory_rows_compare_rss_at_10_and_100_percent_with_the_peak():
 def test_percentiles_in_milliseconds():
     p50, p95, p99 = bench_scale.percentile_row(list(range(1, 101)))
     assert p50 == pytest.approx(50.5) and p95 == pytest.approx(95.05) and p99 == pytest.approx(99.01)
+
+
+def test_assignment_latency_counts_each_clip_once_from_its_first_assignment():
+    from auditoryhum.v1 import pipeline_pb2 as pb
+
+    def assignment(clip_id: str, category: str, cluster: int, novel: bool) -> pb.ClipAssignment:
+        return pb.ClipAssignment(clip=pb.Clip(clip_id=clip_id, dataset="scale-more", ground_truth=category),
+                                 taxonomy="scale", version=1, cluster_id=cluster, novel=novel)
+
+    ingested = {"a": 1_000, "b": 1_000, "c": 1_000, "d": 1_000}
+    finals = {"a": 5_000, "b": 5_000, "c": 5_000, "d": 5_000}
+    assignments = [(5_040, assignment("a", "fire", 0, False)), (5_080, assignment("b", "fire", 0, False)),
+                   (5_020, assignment("c", "rain", 1, True)), (5_060, assignment("d", "rain", 1, False)),
+                   (9_000, assignment("a", "fire", 1, False))]  # a replay of a's final label: not counted again
+    figures = bench_scale.assignment_figures(assignments, finals, ingested)
+    assert figures["assigned"] == 4 and figures["novel"] == 1 and figures["novel_share"] == 0.25
+    assert figures["final_to_assignment_ms"][0] == pytest.approx(50.0)  # the median of 20, 40, 60, 80
+    assert figures["ingest_to_assignment_ms"][0] == pytest.approx(4_050.0)
+    assert figures["agreement"]["nmi"] == pytest.approx(1.0)  # clusters 0/1 are exactly fire/rain
