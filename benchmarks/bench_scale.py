@@ -121,15 +121,16 @@ class Sampler(threading.Thread):
 
 
 def topic_records(bootstrap: str, topic: str, timeout_s: float = 600.0):
-    """(timestamp ms, key, message) of every record now on ``topic``, outside any consumer group: the Kafka
-    timestamps are the producers' (CreateTime), the moment each stage published."""
+    """(timestamp ms, key, message) of every committed record now on ``topic``, outside any consumer group: the
+    Kafka timestamps are the producers' (CreateTime), the moment each stage published."""
     from kafka import KafkaConsumer, TopicPartition
 
     from auditoryhum.bus.codec import decode
     from auditoryhum.bus.kafka import MAX_MESSAGE_BYTES
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                             isolation_level="read_committed")  # ingest publishes in transactions
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
