@@ -372,7 +372,9 @@ def report(baseline: tuple[int, float] | None, p1: dict, p2: dict, memory: list[
         console.print(more)
         console.print(f"assigned {p2['assigned']:,} of {p2['clips']:,} ({p2['final_labels']:,} final labels); novel "
                       f"{p2['novel']:,} ({100 * p2['novel_share']:.1f} %); taxonomy records of {DATASET!r}: "
-                      f"{p2['taxonomy_records']} (1 = no rebuild); agreement with the categories: {p2['agreement']}")
+                      f"{p2['taxonomy_records']} (1 = no rebuild); assigned clusters against the categories: "
+                      + (", ".join(f"{k} {p2['agreement'][k]:.3f}" for k in ("nmi", "ari", "purity"))
+                         if p2["agreement"] else "–"))
     else:
         console.print(f"living taxonomy: not measured: {p2.get('skipped')}")
 
