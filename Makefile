@@ -15,12 +15,14 @@ DEMO := data/demo
 EVAL := data/eval
 TINY_MODELS := out/eval/tiny-models
 BENCH_CLIPS ?= 1200
+SCALE_CLIPS ?= 100000
+SCALE_MORE ?= 10000
 KAFKA_LIB := deploy/kafka/lib/.installed
 HELM := .tools/helm
 GHZ_VERSION := v0.121.0
 GHZ := .tools/ghz-$(GHZ_VERSION)
 
-.PHONY: setup apt venv proto run eval test test-faults kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-load bench-pipeline bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test test-faults kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-load bench-pipeline bench-scale bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver $(HELM)  ## install everything a fresh machine needs
 
@@ -136,6 +138,10 @@ bench: $(GENERATED)  ## embedded-pipeline throughput on 10-s clips, against the 
 
 bench-pipeline: $(GENERATED) $(KAFKA_LIB)  ## distributed mode (Kafka + services) against the embedded mode
 	$(PY) benchmarks/bench_distributed.py --clips $(BENCH_CLIPS)
+
+# The clips (1-s cuts of the evaluation set's recordings) are written once into data/scale/ (about 3.5 GB for 110k).
+bench-scale: $(GENERATED) $(KAFKA_LIB)  ## 100k 1-s clips through Kafka + Triton + 4 services (clips/s, lag and RSS plots, taxonomy build), then 10k more joining the living taxonomy
+	$(PY) benchmarks/bench_scale.py --clips $(SCALE_CLIPS) --more $(SCALE_MORE) --out out/bench-scale
 
 bench-triton: $(GENERATED)  ## the lite models in-process vs through Triton: latency, throughput, dynamic batching
 	$(PY) benchmarks/bench_triton.py
