@@ -21,8 +21,9 @@ SHOW_SKIPPED = 20  # skipped entries listed after a run; summary.json has them a
 
 @app.command()
 def run(
-    source: str = typer.Argument(..., help="A folder of audio files (searched recursively), a CSV of URIs (column "
-                                           "uri; optional class, split), or an object-store prefix (s3://…, gs://…)."),
+    source: str = typer.Argument(..., help="A folder of audio files (searched recursively), a CSV of URIs "
+                                           "(column uri; optional class, split), or an object-store prefix "
+                                           "(s3://…, gs://…)."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
     review_fraction: Optional[float] = typer.Option(None, help="Lowest fraction of clip scores sent to review."),
