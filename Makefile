@@ -187,4 +187,4 @@ bench-k: $(GENERATED)  ## k selection on the synthetic label families, 10 to 100
 	$(PY) benchmarks/bench_k_selection.py
 
 clean:
-	rm -rf out data .run .kafka .triton .tools deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*
+	rm -rf out data .run .kafka .seaweedfs .triton .tools deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*
