@@ -142,10 +142,10 @@ def probe(path: str | Path) -> sf._SoundFileInfo:
         _check_regular(local)
         return _info(local)
     try:
-        fs, key = fsspec.core.url_to_fs(path)
+        fs, key = fsspec.core.url_to_fs(path, **_network_options(str(path), AudioLimits()))
         f = fs.open(key, "rb")
-    except (OSError, ValueError, ImportError) as exc:
-        raise AudioError(f"cannot open: {_short(exc)}") from exc
+    except Exception as exc:  # as _read_url: a store away for now is a TransientError
+        raise _url_error("cannot open", str(path), exc) from exc
     with f:
         return _info(f)
 
