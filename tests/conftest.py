@@ -14,6 +14,7 @@ from auditoryhum.config import Settings
 from auditoryhum.models import Models
 from auditoryhum.service.local import KafkaCluster, LocalStack
 from tests.kube_apiserver import ApiServer
+from tests.s3_server import S3Server
 
 LINCITY = Path("/usr/share/games/lincity-ng/sounds")
 SIMUTRANS = Path("/usr/share/games/simutrans/pak/sound")
@@ -50,6 +51,16 @@ def own_stack(home: Path, base: int, env: dict[str, str] | None = None,
                       triton_port=base + 20 if triton else None,
                       ui_port=base + 71, env=env, kafka=kafka, allowed_uris=TEST_URIS, replicas=replicas,
                       replica_base=base + 80)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS, scripts/seaweedfs.sh) on 127.0.0.1:29181-29188 for the session:
+    ``endpoint``, ``env`` (the client settings), ``bucket(name)``, ``fs()``; ``stop``/``start`` keep its data."""
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ def test_score_json_gives_every_label_for_every_path(tmp_path):
 
 def test_run_rejects_a_missing_folder(tmp_path):
     result = auditoryhum("run", str(tmp_path / "nowhere"))
-    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert result.returncode == 2 and result.stderr.strip() == f"{tmp_path / 'nowhere'}: no such folder or file"
 
 
 def test_invalid_settings_are_a_clear_error(tmp_path):

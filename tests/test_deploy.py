@@ -338,6 +338,36 @@ def test_services_read_clips_only_from_the_data_mount_and_the_listed_prefixes(ca
             assert mount not in mounts
 
 
+def test_object_store_credentials_reach_only_the_pods_that_read_clips(case):
+    values, docs = case
+    store = values["objectStore"]
+    secrets = {d["metadata"]["name"]: d for d in of_kind(docs, "Secret")}
+    name = store["existingSecret"] or ("ah-auditoryhum-object-store" if store["env"] else None)
+    if store["env"] and not store["existingSecret"]:  # the chart keeps the values in a Secret of its own
+        data = secrets[name]["data"]
+        assert {k: base64.b64decode(v).decode() for k, v in data.items()} == store["env"]
+    else:
+        assert "ah-auditoryhum-object-store" not in secrets
+    for doc in of_kind(docs, "Deployment"):
+        refs = [e["secretRef"]["name"] for e in doc["spec"]["template"]["spec"]["containers"][0].get("envFrom", [])
+                if "secretRef" in e]
+        reads = name is not None and component(doc) in ("labeler", "aligner", "review")
+        assert refs == ([name] if reads else []), component(doc)
+
+
+def test_the_chart_and_ingest_on_kubernetes_take_the_same_object_store_secret():
+    from auditoryhum import kube
+
+    ref = {"secretRef": {"name": "audio-bucket-credentials"}}
+    job = kube.ingest_job(kube.IngestJob("s3://audio-bucket/datasets/", "birds", 10, 2, 2, "img", "kafka:9092",
+                                         env_from_secret="audio-bucket-credentials"))
+    assert ref in job["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    values, docs = render(CHART / "ci" / "operators-values.yaml")
+    assert values["objectStore"]["existingSecret"] == "audio-bucket-credentials"
+    labeler = next(d for d in of_kind(docs, "Deployment") if component(d) == "labeler")
+    assert ref in labeler["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+
+
 def test_the_token_secret_is_rendered_or_referenced(case):
     values, docs = case
     secrets = {d["metadata"]["name"]: d for d in of_kind(docs, "Secret")}

@@ -33,6 +33,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from auditoryhum import objectstore
 from auditoryhum.errors import STORAGE, TransientError, transient_kind
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"})
@@ -141,10 +142,10 @@ def probe(path: str | Path) -> sf._SoundFileInfo:
         _check_regular(local)
         return _info(local)
     try:
-        fs, key = fsspec.core.url_to_fs(path)
+        fs, key = fsspec.core.url_to_fs(path, **_network_options(str(path), AudioLimits()))
         f = fs.open(key, "rb")
-    except (OSError, ValueError, ImportError) as exc:
-        raise AudioError(f"cannot open: {_short(exc)}") from exc
+    except Exception as exc:  # as _read_url: a store away for now is a TransientError
+        raise _url_error("cannot open", str(path), exc) from exc
     with f:
         return _info(f)
 
@@ -196,35 +197,38 @@ def _read_url(url: str, limits: AudioLimits) -> bytes:
         fs, key = fsspec.core.url_to_fs(url, **_network_options(url, limits))
         size = fs.size(key)
     except Exception as exc:  # missing object, unknown protocol, driver not installed; or the store is away
-        raise _url_error("cannot open", exc) from exc
+        raise _url_error("cannot open", url, exc) from exc
     if size is not None:
         _check_size(size, limits)
     try:
         with fs.open(key, "rb") as f:
             return f.read(limits.max_file_bytes + 1)  # a store that gives no size still cannot overrun the limit
     except Exception as exc:
-        raise _url_error("cannot read", exc) from exc
+        raise _url_error("cannot read", url, exc) from exc
 
 
 def _network_options(url: str, limits: AudioLimits) -> dict:
-    """The timeouts, for the drivers installed that take them: fsspec's http(s) runs on aiohttp."""
+    """The timeouts, for the drivers installed that take them: fsspec's http(s) runs on aiohttp; object stores
+    also get bounded retries (:mod:`auditoryhum.objectstore`)."""
     if url.split("://", 1)[0].lower() not in ("http", "https"):
-        return {}
+        return objectstore.options(url, connect_timeout_s=limits.connect_timeout_s,
+                                   read_timeout_s=limits.read_timeout_s)
     import aiohttp
 
     return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s,
                                                                sock_read=limits.read_timeout_s)}}
 
 
-def _url_error(what: str, exc: Exception) -> Exception:
-    """A store that is away for now is transient (the clip is retried later); anything else is this clip's fault.
-    Drivers raise their own errors (aiohttp's, botocore's) besides OSError, so every error is sorted here."""
+def _url_error(what: str, url: str, exc: Exception) -> Exception:
+    """A store that is away for now is transient (the clip is retried later); anything else is this clip's fault,
+    and its reason names the URI. Drivers raise their own errors (aiohttp's, botocore's) besides OSError, so every
+    error is sorted here."""
     if transient_kind(exc):
         cause = exc
         while cause.__cause__ is not None:  # the network's own words, not the wrapper's "file not found"
             cause = cause.__cause__
-        return TransientError(f"storage: {what}: {_remote_reason(cause)}", kind=STORAGE)
-    return AudioError(f"{what}: {_remote_reason(exc)}")
+        return TransientError(f"storage: {what} {url}: {_remote_reason(cause)}", kind=STORAGE)
+    return AudioError(f"{what} {url}: {objectstore.reason(url, exc) or _remote_reason(exc)}")
 
 
 def _remote_reason(exc: BaseException) -> str:

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
                                                                    "gRPC call (LabelClips, Score)")
     allowed_uris: str = Field("", description="comma-separated folders and URL prefixes clips may be read from "
                                               "(auditoryhum.uris); `run` also reads what its dataset lists")
-    uri_connect_timeout_s: float = Field(10.0, gt=0, description="connecting to a remote store (http)")
+    uri_connect_timeout_s: float = Field(10.0, gt=0, description="connecting to a remote store (http, s3)")
     uri_read_timeout_s: float = Field(30.0, gt=0, description="longest wait for a remote store's next bytes; a "
                                                                "stall is a transient storage error (retried)")
     # review

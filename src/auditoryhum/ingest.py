@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from auditoryhum import audio
+from auditoryhum.errors import TransientError
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 
@@ -102,6 +103,6 @@ def clip(dataset: str, relative: str, uri: str, *, ground_truth: str = "", split
         message.sample_rate, message.channels = info.samplerate, info.channels
         if info.frames < audio.UNKNOWN_LENGTH:  # a streaming encoder's file: the length is known once decoded
             message.duration_s = info.duration
-    except audio.AudioError:
+    except (audio.AudioError, TransientError):  # a store away for now: the labeler waits for it, not ingest
         pass
     return message

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import fsspec
 
-from auditoryhum import audio, ingest
+from auditoryhum import audio, ingest, objectstore
 from auditoryhum.v1 import pipeline_pb2 as pb
 
 
@@ -90,11 +90,13 @@ def _folder(root: Path, class_from_folder: bool) -> Manifest:
 
 def _prefix(url: str, class_from_folder: bool) -> Manifest:
     try:
-        fs, root = fsspec.core.url_to_fs(url)
+        fs, root = fsspec.core.url_to_fs(url, **objectstore.options(url))
         root = root.rstrip("/")
         paths = sorted(fs.find(root, withdirs=False)) if fs.isdir(root) else None
-    except (OSError, ValueError, ImportError) as exc:  # unreachable store, unknown protocol, driver not installed
-        raise ManifestError(f"{url}: cannot list: {str(exc) or type(exc).__name__}") from exc
+        if paths is None:
+            objectstore.check_bucket(fs, url)
+    except Exception as exc:  # unreachable store, no bucket, refused, unknown protocol, driver not installed
+        raise ManifestError(f"{url}: cannot list: {objectstore.describe(url, exc)}") from exc
     if paths is None:
         raise ManifestError(f"{url}: no such prefix (or it holds no objects)")
     manifest = Manifest(url, PurePosixPath(root).name or "dataset")
@@ -117,7 +119,7 @@ def _csv(source: str) -> Manifest:
     manifest = Manifest(source, PurePosixPath(source).stem)
     seen: dict[str, int] = {}
     try:
-        with fsspec.open(source, "rt", encoding="utf-8-sig", newline="") as f:
+        with fsspec.open(source, "rt", encoding="utf-8-sig", newline="", **objectstore.options(source)) as f:
             reader = csv.DictReader(f)
             if "uri" not in (reader.fieldnames or ()):
                 raise ManifestError(f"{source}: no 'uri' column (columns: uri, optional class, split)")
@@ -142,6 +144,6 @@ def _csv(source: str) -> Manifest:
         raise ManifestError(f"{source}: malformed CSV: {exc}") from exc
     except ManifestError:
         raise
-    except (OSError, ValueError, ImportError) as exc:  # missing object, unknown protocol, driver not installed
-        raise ManifestError(f"{source}: cannot read: {str(exc) or type(exc).__name__}") from exc
+    except Exception as exc:  # missing object, unreachable store, unknown protocol, driver not installed
+        raise ManifestError(f"{source}: cannot read: {objectstore.describe(source, exc)}") from exc
     return manifest

@@ -74,7 +74,7 @@ class RunResult:
     out: Path
 
 
-def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset: str | None = None,
+def run(source: str | Path, out: Path, settings: Settings = Settings(), *, dataset: str | None = None,
         models: Models | None = None, on_start: Callable[[int], None] = lambda total: None,
         on_clip_done: Callable[[], None] = lambda: None, review_ui: ReviewUi | None = None,
         annotations: Path | None = None, annotation_action: str = "correct") -> RunResult:
@@ -90,7 +90,7 @@ def run(audio_dir: Path, out: Path, settings: Settings = Settings(), *, dataset:
                             "every clip's disagreement is 0")
     started = time.perf_counter()
     models = models or Models(settings)
-    found = datasets.load(str(audio_dir), settings.layout, class_from_folder=settings.class_from_folder)
+    found = datasets.load(str(source), settings.layout, class_from_folder=settings.class_from_folder)
     dataset = dataset or found.name
     # Checked against the dataset before anything runs.
     notes = read_annotations(annotations, found, dataset, settings.max_words) if annotations else []

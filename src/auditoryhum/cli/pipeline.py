@@ -21,7 +21,9 @@ SHOW_SKIPPED = 20  # skipped entries listed after a run; summary.json has them a
 
 @app.command()
 def run(
-    audio_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of audio files (searched recursively)."),
+    source: str = typer.Argument(..., help="A folder of audio files (searched recursively), a CSV of URIs "
+                                           "(column uri; optional class, split), or an object-store prefix "
+                                           "(s3://…, gs://…)."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
     review_fraction: Optional[float] = typer.Option(None, help="Lowest fraction of clip scores sent to review."),
@@ -67,7 +69,7 @@ def run(
     ui_token: Optional[str] = typer.Option(None, envvar="AUDITORYHUM_AUTH_TOKEN", show_envvar=True,
                                            help="Token reviewers must enter."),
 ) -> None:
-    """Label, score, review and cluster every clip in AUDIO_DIR (embedded mode, one process)."""
+    """Label, score, review and cluster every clip of SOURCE (embedded mode, one process)."""
     from auditoryhum import pipeline
     from auditoryhum.auth import check_bind
     from auditoryhum.review.annotations import ACTIONS, AnnotationError
@@ -109,7 +111,7 @@ def run(
         ui = pipeline.ReviewUi(ui_host, ui_port, ui_token, reviewing) if review_ui else None
         try:
             result = pipeline.run(
-                audio_dir, out, settings, dataset=dataset, review_ui=ui, annotations=annotations,
+                source, out, settings, dataset=dataset, review_ui=ui, annotations=annotations,
                 annotation_action=annotation_action,
                 on_start=lambda total: progress.update(task, description="labelling", total=total),
                 on_clip_done=lambda: progress.advance(task),

@@ -150,3 +150,13 @@ key: {{ ternary .Values.state.existingSecretKey "state-url" (ne .Values.state.ex
 {{- fail "triton.gpu.enabled needs triton.enabled" }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret whose keys are the object-store settings of the pods that read clips (objectStore): the user's,
+  or the chart's when objectStore.env is given; empty when neither. */}}
+{{- define "auditoryhum.objectStoreSecret" -}}
+{{- if .Values.objectStore.existingSecret -}}
+{{ .Values.objectStore.existingSecret }}
+{{- else if .Values.objectStore.env -}}
+{{ include "auditoryhum.fullname" . }}-object-store
+{{- end -}}
+{{- end }}
