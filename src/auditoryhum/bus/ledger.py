@@ -91,6 +91,8 @@ def read_progress(bootstrap: str, name: str, *, timeout_s: float = 3 * TRANSACTI
                   group_id=None, **RECONNECT)
     try:
         with closing(KafkaConsumer(**kwargs)) as probe:  # read_uncommitted: the log end itself
+            if not probe.partitions_for_topic(tp.topic):  # no ingest has run on this cluster yet
+                return None
             end = probe.end_offsets([tp])[tp]
         with closing(KafkaConsumer(isolation_level=ISOLATION, **kwargs)) as consumer:
             consumer.assign([tp])
