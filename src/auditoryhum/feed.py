@@ -66,8 +66,8 @@ def publish(ledger: Ledger, found: manifest.Manifest, shard: Shard, total: int, 
     state = ledger.progress() or {"position": 0, "published": 0, "dead_letters": 0}
     if state.get("expected", total) != total:
         raise FeedError(f"shard {shard.name} was started on a manifest of {state['expected']} clips "
-                        f"({state['source']}); {found.source} now lists {total}, so its positions are other clips: ingest it as another "
-                        "dataset")
+                        f"({state['source']}); {found.source} now lists {total}, so its positions are other clips: "
+                        "ingest it as another dataset")
     resumed = state["position"]
     report.start(shard.size(total), resumed)
     published = dead = 0

@@ -243,7 +243,8 @@ def _csv(source: str) -> Manifest:
             while repeat is not None and repeat[0] < line:
                 repeat = next(later, None)
             if repeat is not None and repeat[0] == line:  # its clip id is the earlier row's: counting it twice
-                why = f"{written} is listed twice (first on line {repeat[1]}); the repeat is neither published nor counted"
+                why = (f"{written} is listed twice (first on line {repeat[1]}); the repeat is neither published "
+                       "nor counted")
                 skips.add(ingest.Skipped(f"{source}:{line}", why), repeat=True)
                 continue
             yield entry(line, written, ground_truth, split)

@@ -79,7 +79,10 @@ class Ledger:
             raise BusError(f"ingest transaction {self.name} not committed: {exc}") from exc
 
     def close(self) -> None:
-        self._producer.close(timeout=5)
+        try:  # an open transaction is left to be aborted by the next run (or the broker's timeout)
+            self._producer.close(timeout=5)
+        except KafkaError:
+            pass
 
 
 def read_progress(bootstrap: str, name: str, *, timeout_s: float = 3 * TRANSACTION_TIMEOUT_MS / 1000) -> dict | None:
