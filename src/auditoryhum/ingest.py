@@ -14,6 +14,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from auditoryhum import audio
 from auditoryhum.errors import TransientError
@@ -37,47 +38,55 @@ class Scan:
 
 
 def scan(root: Path) -> Scan:
-    if not root.is_dir():
-        raise FileNotFoundError(f"not a folder: {root}")
     result = Scan(root)
-    st = root.stat()
-    _walk(root, result, {(st.st_dev, st.st_ino)})
-    result.files.sort()
+    for found in walk(root):
+        (result.skipped if isinstance(found, Skipped) else result.files).append(found)
     result.skipped.sort(key=lambda s: s.path)
     return result
 
 
-def _walk(folder: Path, result: Scan, above: set[tuple[int, int]]) -> None:
+def walk(root: Path) -> Iterator[Path | Skipped]:
+    """The audio files below ``root`` and the entries skipped, streamed: each folder's names sorted, so the files
+    come in sorted path order (part by part) while only the folders on the way down are held in memory."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a folder: {root}")
+    st = root.stat()
+    yield from _walk(root, {(st.st_dev, st.st_ino)})
+
+
+def _walk(folder: Path, above: set[tuple[int, int]]) -> Iterator[Path | Skipped]:
     """``above``: the folders on the way down (device, inode), so a link back to one is a loop, not a descent."""
-    def skip(path: Path, reason: str) -> None:
-        result.skipped.append(Skipped(audio.path_uri(path), reason))
+    def skip(path: Path, reason: str) -> Skipped:
+        return Skipped(audio.path_uri(path), reason)
 
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = sorted((e.name for e in os.scandir(folder)))
     except OSError as exc:
-        return skip(folder, f"cannot list the folder: {exc.strerror}")
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.name.startswith("."):
-            hidden = "hidden folder, not searched" if entry.is_dir() else "hidden file"
-            skip(path, f"{hidden} (its name starts with '.'); rename it to include it")
+        yield skip(folder, f"cannot list the folder: {exc.strerror}")
+        return
+    for name in entries:
+        path = folder / name
+        if name.startswith("."):
+            hidden = "hidden folder, not searched" if path.is_dir() else "hidden file"
+            yield skip(path, f"{hidden} (its name starts with '.'); rename it to include it")
             continue
         try:
             st = path.stat()  # through links
         except OSError as exc:
-            skip(path, _broken_link(path, exc))
+            yield skip(path, _broken_link(path, exc))
             continue
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in above:
-                skip(path, "symlink loop: links back to a folder above it")
+                yield skip(path, "symlink loop: links back to a folder above it")
             else:
-                _walk(path, result, above | {(st.st_dev, st.st_ino)})
+                yield from _walk(path, above | {(st.st_dev, st.st_ino)})
         elif not stat.S_ISREG(st.st_mode):
-            skip(path, f"not a regular file ({audio.file_kind(st.st_mode)}): only regular files are read as audio")
+            yield skip(path, f"not a regular file ({audio.file_kind(st.st_mode)}): only regular files are read as "
+                             "audio")
         elif path.suffix.lower() in audio.AUDIO_EXTENSIONS:
-            result.files.append(path)
+            yield path
         else:
-            skip(path, f"no audio extension ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
+            yield skip(path, f"no audio extension ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
 
 
 def _broken_link(path: Path, exc: OSError) -> str:
@@ -94,10 +103,15 @@ def clip_id(dataset: str, relative: str) -> str:
     return hashlib.sha1(os.fsencode(f"{dataset}/{relative}")).hexdigest()[:16]
 
 
-def clip(dataset: str, relative: str, uri: str, *, ground_truth: str = "", split: str = "") -> pb.Clip:
-    """The clip message of one file: ``relative`` (its path under the dataset root) gives the stable id."""
+def clip(dataset: str, relative: str, uri: str, *, ground_truth: str = "", split: str = "", taxonomy: str = "",
+         probe: bool = True) -> pb.Clip:
+    """The clip message of one file: ``relative`` (its path under the dataset root) gives the stable id.
+    ``probe``: read the file's header for its rate, channels and duration (one read per file; without it the
+    labeler learns them when it decodes the clip)."""
     message = pb.Clip(clip_id=clip_id(dataset, relative), uri=uri, dataset=dataset, ground_truth=ground_truth,
-                      split=split)
+                      split=split, taxonomy=taxonomy)
+    if not probe:
+        return message
     try:  # header facts only; a file that fails here is dead-lettered by the labeler with the reason
         info = audio.probe(uri)
         message.sample_rate, message.channels = info.samplerate, info.channels

@@ -86,13 +86,20 @@ class IngestJob:
     volume_claim: str | None = None  # a PersistentVolumeClaim holding a folder or CSV source, mounted read-only
     mount_path: str = "/data"
     layout: str = "files"  # or one of the paper's datasets (auditoryhum.datasets.LAYOUTS)
+    taxonomy: str = ""  # the living taxonomy the dataset joins ("": its own)
+    probe: bool | None = None  # --probe/--no-probe; None: ingest's default (local files only)
+    commit_every: int = 2000
 
     def args(self) -> list[str]:
         args = ["ingest", self.source, "--shard-index", "$(JOB_COMPLETION_INDEX)", "--shard-count", str(self.shards),
                 "--no-announce", "--expect-clips", str(self.expected_clips), "--dataset", self.dataset,
                 "--bootstrap", self.bootstrap, "--partitions", str(self.partitions)]
+        # A restarted pod runs the same arguments: it resumes its shard from the progress recorded in Kafka.
         return (args + (["--class-from-folder"] if self.class_from_folder else [])
-                + (["--layout", self.layout] if self.layout != "files" else []))
+                + (["--layout", self.layout] if self.layout != "files" else [])
+                + (["--taxonomy", self.taxonomy] if self.taxonomy else [])
+                + ([] if self.probe is None else ["--probe" if self.probe else "--no-probe"])
+                + (["--commit-every", str(self.commit_every)] if self.commit_every != 2000 else []))
 
 
 def slug(text: str, limit: int = 30) -> str:

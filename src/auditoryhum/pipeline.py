@@ -94,11 +94,12 @@ def run(source: str | Path, out: Path, settings: Settings = Settings(), *, datas
     dataset = dataset or found.name
     # Checked against the dataset before anything runs.
     notes = read_annotations(annotations, found, dataset, settings.max_words) if annotations else []
-    on_start(len(found.entries))
+    entries = found.entries  # listed once: the embedded mode holds every clip anyway
+    on_start(len(entries))
 
     # The run reads what the dataset it was given lists (symlinks and a CSV's absolute rows included), and the
     # configured prefixes: nothing else, whatever a clip on its bus names.
-    uris = UriPolicy.parse(settings.allowed_uris, exact=(entry.uri for entry in found.entries))
+    uris = UriPolicy.parse(settings.allowed_uris, exact=(entry.uri for entry in entries))
     load_audio = audio_loader(settings, uris)
     bus = InMemoryBus()
     writer = OutputWriter(out, on_clip_done)
@@ -120,9 +121,9 @@ def run(source: str | Path, out: Path, settings: Settings = Settings(), *, datas
         ]
         workers = [StageWorker(bus, stage, batch_size=settings.batch_size) for stage in stages]
         groups = [w.consumer_group for w in workers]
-        bus.publish(topics.DATASETS, dataset, pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(found.entries)))
+        bus.publish(topics.DATASETS, dataset, pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(entries)))
         with Threads(workers) as threads:
-            for clip in found.clips(dataset):
+            for clip in found.clips(dataset, entries):
                 # Keep a few batches queued ahead of the labeler: enough to batch, never the whole folder.
                 while bus.lag(groups[0]) >= 3 * settings.batch_size:
                     threads.check()
@@ -146,7 +147,7 @@ def run(source: str | Path, out: Path, settings: Settings = Settings(), *, datas
     summary = writer.finish(dataset, models.embedder, {
         "skipped_files": [skipped.as_dict() for skipped in found.skipped],
         "seconds": round(elapsed, 3),
-        "clips_per_s": round(len(found.entries) / elapsed, 2) if elapsed > 0 else None,
+        "clips_per_s": round(len(entries) / elapsed, 2) if elapsed > 0 else None,
         # What `evaluate --truth` rebuilds the run's scorer from; a service's settings (URLs, tokens) stay out.
         "settings": settings.model_dump(mode="json", include=set(Settings.model_fields)),
         **extra,

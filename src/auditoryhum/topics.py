@@ -15,6 +15,8 @@ FINAL_LABELS = "auditoryhum.labels.final.v1"
 TAXONOMY = "auditoryhum.taxonomy.v1"
 ASSIGNMENTS = "auditoryhum.taxonomy.assignments.v1"  # clips assigned to a built taxonomy as they arrive
 DLQ = "auditoryhum.dlq.v1"
+# Not in ALL: ingest's own record of each shard's progress (auditoryhum.bus.ledger), compacted, one partition.
+INGEST_PROGRESS = "auditoryhum.ingest.progress.v1"
 
 ALL = (DATASETS, CLIPS, LABELS, ALIGNMENTS, REVIEW_TASKS, REVIEW_DECISIONS, FINAL_LABELS, TAXONOMY, ASSIGNMENTS, DLQ)
 

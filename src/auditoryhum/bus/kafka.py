@@ -32,14 +32,17 @@ REQUEST_TIMEOUT_MS = 15_000
 # broker outage a client then waits up to 30 s more before it tries again; meanwhile its fetcher skips that broker
 # ("awaiting reconnect backoff"), so a consumer that has rejoined its group holds partitions and delivers nothing.
 RECONNECT = {"reconnect_backoff_ms": 50, "reconnect_backoff_max_ms": 1_000}
+# Ingest publishes clips in transactions (auditoryhum.bus.ledger): a consumer must not see those of a transaction
+# that was aborted (a killed ingest's last batch, published again by the re-run).
+ISOLATION = "read_committed"
 
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, replication_factor: int | None = None,
-                  timeout_s: float = 30.0) -> list[str]:
+                  timeout_s: float = 30.0, configs: Mapping[str, str] | None = None) -> list[str]:
     """Create the topics that are missing and wait until every one has a leader (services starting side by side
     race to create them); returns those this call created. Existing topics are left as they are.
     ``replication_factor``: replicas of each partition; None takes the brokers' ``default.replication.factor``
-    (their ``min.insync.replicas`` applies either way)."""
+    (their ``min.insync.replicas`` applies either way). ``configs``: more topic configs of those it creates."""
     topics = sorted(set(topics))
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditoryhum-admin",
@@ -53,7 +56,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, rep
             try:
                 admin.create_topics({topic: {"num_partitions": partitions,
                                              "replication_factor": replication_factor or -1,  # -1: the brokers'
-                                             "configs": {"max.message.bytes": str(MAX_MESSAGE_BYTES)}}})
+                                             "configs": {"max.message.bytes": str(MAX_MESSAGE_BYTES),
+                                                         **(configs or {})}}})
                 created.append(topic)
             except TopicAlreadyExistsError:  # another service won the race
                 pass
@@ -163,7 +167,7 @@ class KafkaBusConsumer(ConsumerRebalanceListener):
         try:
             consumer = KafkaConsumer(
                 bootstrap_servers=bus.bootstrap, client_id=bus.client_id, group_id=self.group,
-                enable_auto_commit=False, auto_offset_reset="earliest",
+                enable_auto_commit=False, auto_offset_reset="earliest", isolation_level=ISOLATION,
                 session_timeout_ms=bus.session_timeout_ms, heartbeat_interval_ms=bus.session_timeout_ms // 4,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                 metadata_max_age_ms=10_000,  # sees new partitions within seconds, not 5 minutes
@@ -353,7 +357,7 @@ def read_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.
     """Every record now on ``topics``, from the beginning (or the ``last`` newest of each partition) to the end
     offsets seen at the start, outside any consumer group (reading commits nothing and disturbs no service)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="auditoryhum-reader", enable_auto_commit=False,
-                             group_id=None, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+                             group_id=None, isolation_level=ISOLATION, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
                              max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **RECONNECT)
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]

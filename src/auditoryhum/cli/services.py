@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Optional
 
@@ -50,6 +51,15 @@ def ingest_command(
                                   help="Announce the dataset and its whole clip count first; once per dataset."),
     expect_clips: Optional[int] = typer.Option(None, min=0, help="Refuse to publish unless the manifest lists this "
                                                                  "many clips (shards check the announced count)."),
+    taxonomy: str = typer.Option("", help="The living taxonomy the dataset joins (default: its own)."),
+    probe: Optional[bool] = typer.Option(None, "--probe/--no-probe",
+                                         help="Read each file's header (rate, channels, duration) while listing. "
+                                              "Default: local files only; an object store's would be a GET per "
+                                              "clip."),
+    strict: bool = typer.Option(False, help="Refuse the whole manifest if a row has a bad URI or repeats a clip "
+                                            "(default: dead-letter the bad rows, skip the repeats)."),
+    commit_every: int = typer.Option(2000, min=1, help="Clips per Kafka transaction: a killed run re-does at most "
+                                                       "this many (its open transaction is aborted, never seen)."),
     on_kubernetes: bool = typer.Option(False, "--on-kubernetes", rich_help_panel=_KUBE,
                                        help="Announce here, then publish the shards from a Kubernetes Indexed Job."),
     parallelism: int = typer.Option(4, min=1, rich_help_panel=_KUBE, help="Pods at once."),
@@ -74,12 +84,12 @@ def ingest_command(
 ) -> None:
     """Publish a dataset's clips (or one shard of them) to Kafka for the services, announcing the dataset and its
     clip count first; or run the shards as a Kubernetes Indexed Job."""
-    from auditoryhum import kube, topics
+    from auditoryhum import feed, kube, topics
     from auditoryhum.bus import BusError
-    from auditoryhum.bus.kafka import KafkaBus, ensure_topics
+    from auditoryhum.bus.kafka import ensure_topics
+    from auditoryhum.bus.ledger import Ledger, ensure_progress_topic
     from auditoryhum.datasets import load
     from auditoryhum.manifest import ManifestError
-    from auditoryhum.v1 import pipeline_pb2 as pb
 
     shards = shard_count or (parallelism if on_kubernetes else 1)
     if shard_index >= shards:
@@ -88,20 +98,25 @@ def ingest_command(
         raise typer.BadParameter("is required with --on-kubernetes", param_hint="--image")
     try:
         found = load(source, layout, class_from_folder=class_from_folder)
+        total = found.count()  # the first pass: streams, and finds a CSV's repeats
     except ManifestError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    if expect_clips is not None and expect_clips != len(found.entries):
-        typer.echo(f"{source} lists {len(found.entries)} clips, but {expect_clips} were announced: the source "
-                   "changed since; nothing published", err=True)
+    if strict and (found.errors or found.repeats):
+        typer.echo(f"{source}: {found.errors} rows with a bad uri, {found.repeats} repeated rows (--strict); nothing "
+                   "published", err=True)
+        raise typer.Exit(2)
+    if expect_clips is not None and expect_clips != total:
+        typer.echo(f"{source} lists {total} clips, but {expect_clips} were announced: the source changed since; "
+                   "nothing published", err=True)
         raise typer.Exit(1)
     dataset = dataset or found.name
     job = api = None
     if on_kubernetes:  # the server accepts the Job (a dry run) before anything is announced
-        spec = kube.IngestJob(source, dataset, len(found.entries), shards, min(parallelism, shards), image,
+        spec = kube.IngestJob(source, dataset, total, shards, min(parallelism, shards), image,
                               kafka_bootstrap or bootstrap, partitions, class_from_folder, cpu, memory,
                               backoff_limit_per_index, ttl, service_account, env_from_secret, volume_claim, mount_path,
-                              layout=layout)
+                              layout=layout, taxonomy=taxonomy, probe=probe, commit_every=commit_every)
         job = kube.ingest_job(spec)
         try:
             api = kube.connect(kubeconfig, context)
@@ -109,22 +124,24 @@ def ingest_command(
         except kube.KubeError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from None
-    entries = [] if on_kubernetes else found.shard(shard_index, shards)
+    result = {"dataset": dataset, "taxonomy": taxonomy or dataset, "clips": total, "announced": False,
+              "bad_rows": found.errors, "repeats": found.repeats, "skipped_total": found.skipped_total,
+              "skipped_files": [skipped.as_dict() for skipped in found.skipped]}
+    shard = feed.Shard(dataset, shard_index, shards, taxonomy, probe)
+    report = feed.Report(f"ingest {dataset} shard {shard_index + 1}/{shards}")
     try:
         ensure_topics(bootstrap, topics.ALL, partitions)
-        bus = KafkaBus(bootstrap, client_id="auditoryhum-ingest")
+        ensure_progress_topic(bootstrap)
         if announce:
-            bus.publish(topics.DATASETS, dataset,
-                        pb.DatasetAnnouncement(dataset=dataset, expected_clips=len(found.entries)))
-        for clip in found.clips(dataset, entries):
-            bus.publish(topics.CLIPS, clip.clip_id, clip)
-        bus.flush()
-        bus.close()
-    except BusError as exc:
+            with closing(Ledger(bootstrap, f"{dataset}/announce")) as ledger:
+                result["announced"] = feed.announce(ledger, dataset, total, source, taxonomy)
+        if not on_kubernetes:
+            with closing(Ledger(bootstrap, shard.name)) as ledger:
+                result.update(feed.publish(ledger, found, shard, total, report, commit_every),
+                              shard=shard_index, shards=shards)
+    except (BusError, feed.FeedError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    result = {"dataset": dataset, "clips": len(found.entries), "announced": announce,
-              "skipped_files": [skipped.as_dict() for skipped in found.skipped]}
     if on_kubernetes:
         try:
             created = kube.submit_job(api, namespace, job)
@@ -133,7 +150,7 @@ def ingest_command(
             raise typer.Exit(1) from None
         result.update(job=created["metadata"]["name"], namespace=namespace, shards=shards)
     else:
-        result.update(shard=shard_index, shards=shards, published=len(entries))
+        report.line(result)
     typer.echo(json.dumps(result))
 
 

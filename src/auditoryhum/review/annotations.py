@@ -60,11 +60,12 @@ def read_annotations(path: Path, found: Manifest, dataset: str, max_words: int =
         raise AnnotationError(f"{path}: cannot read: {exc.strerror or exc}") from None
     while lines and not lines[-1].strip():  # the authors' files end with a newline, some with blank lines
         lines.pop()
-    if len(lines) > len(found.entries):
-        raise AnnotationError(f"{path}:{len(found.entries) + 1}: the file has {len(lines)} lines but the dataset "
-                              f"{found.source} has {len(found.entries)} clips: an annotation file for other clips?")
+    entries = found.entries
+    if len(lines) > len(entries):
+        raise AnnotationError(f"{path}:{len(entries) + 1}: the file has {len(lines)} lines but the dataset "
+                              f"{found.source} has {len(entries)} clips: an annotation file for other clips?")
     annotations = []
-    for number, (text, entry) in enumerate(zip(lines, found.entries), start=1):
+    for number, (text, entry) in enumerate(zip(lines, entries), start=1):
         text = text.strip()
         if not text:
             continue
