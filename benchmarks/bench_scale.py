@@ -123,30 +123,10 @@ class Sampler(threading.Thread):
 def topic_records(bootstrap: str, topic: str, timeout_s: float = 600.0):
     """(timestamp ms, key, message) of every committed record now on ``topic``, outside any consumer group: the
     Kafka timestamps are the producers' (CreateTime), the moment each stage published."""
-    from kafka import KafkaConsumer, TopicPartition
+    from auditoryhum.bus.kafka import read_topics
 
-    from auditoryhum.bus.codec import decode
-    from auditoryhum.bus.kafka import MAX_MESSAGE_BYTES
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-                             isolation_level="read_committed")  # ingest publishes in transactions
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} took longer than {timeout_s:g} s")
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    if r.offset < ends[tp]:
-                        headers = {k: (v or b"").decode() for k, v in r.headers or ()}
-                        yield r.timestamp, (r.key or b"").decode(), decode(r.value, headers)
-    finally:
-        consumer.close(autocommit=False)
+    for record in read_topics(bootstrap, [topic], timeout_s=timeout_s):
+        yield record.timestamp_ms, record.key, record.message()
 
 
 def ingest(stack, manifest: Path, dataset: str, shards: int, extra: list[str] = ()) -> float:

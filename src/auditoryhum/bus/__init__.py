@@ -29,6 +29,7 @@ class Record:
     key: str
     value: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    timestamp_ms: int = 0  # the producer's time on Kafka (CreateTime); 0 on the in-memory bus
 
     def message(self) -> Message:
         """The decoded protobuf; raises :class:`~auditoryhum.bus.codec.CodecError` for a malformed record."""

@@ -428,4 +428,4 @@ def _partition(route: str, partitions) -> int:
 
 def _record(r) -> Record:
     return Record(r.topic, r.partition, r.offset, (r.key or b"").decode("utf-8", "replace"), r.value or b"",
-                  {k: (v or b"").decode("utf-8", "replace") for k, v in r.headers or ()})
+                  {k: (v or b"").decode("utf-8", "replace") for k, v in r.headers or ()}, r.timestamp)
