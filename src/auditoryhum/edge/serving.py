@@ -8,7 +8,6 @@ answer names the exact ONNX file (:func:`model_id`) and the taxonomy its classes
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,9 @@ import numpy as np
 
 from auditoryhum.audio import Audio
 from auditoryhum.backends import features
-from auditoryhum.edge.recogniser import Recogniser, RecogniserError
+from auditoryhum.edge.recogniser import MANIFEST, MODELS, Recogniser, RecogniserError, read_manifest
 
-MODELS = ("cnn", "head")
-PRECISIONS = ("int8", "float")
-MANIFEST = "recogniser.json"
+__all__ = ["MODELS", "Loaded", "SceneRecognisers", "manifest", "model_file", "model_id"]
 
 
 class SceneModel(Protocol):
@@ -52,16 +49,10 @@ class Loaded:
 
 def manifest(model_dir: str | Path) -> dict:
     """``recogniser.json`` of a MODEL_DIR; :class:`RecogniserError` naming what is missing."""
-    path = Path(model_dir) / MANIFEST
     if not Path(model_dir).is_dir():
-        raise RecogniserError(f"no model folder at {model_dir} (AUDITORYHUM_RECOGNISER_DIR): train one with "
+        raise RecogniserError(f"{model_dir}: no such folder (AUDITORYHUM_RECOGNISER_DIR); train a model with "
                               "`auditoryhum train RUN_OUT --out MODEL_DIR`")
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RecogniserError(f"{path} is missing: {model_dir} is not a folder `auditoryhum train` wrote") from None
-    except (OSError, ValueError) as exc:
-        raise RecogniserError(f"cannot read {path}: {exc}") from exc
+    return read_manifest(model_dir)
 
 
 def model_file(model_dir: str | Path, model: str, precision: str) -> Path:

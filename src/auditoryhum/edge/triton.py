@@ -3,7 +3,7 @@ Recogniser's interface.
 
 Triton runs only the per-patch half: the log-mel patches are computed here with the same front end, sent in requests
 of up to the model's ``max_batch_size`` (all at once, so its dynamic batcher merges them with other callers'), and
-each clip's probabilities are the mean of its patches' softmax, as the contract of recogniser.json says. Errors are
+each clip's probabilities are the mean of its patches' softmax with the in-process Recogniser's own functions. Errors are
 those of :class:`~auditoryhum.backends.triton.TritonClient`: a server away or busy is a TransientError.
 """
 
@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.special import softmax
 
 from auditoryhum.audio import Audio
 from auditoryhum.backends import features
 from auditoryhum.backends.triton import TritonClient
-from auditoryhum.edge.recogniser import RecogniserError
+from auditoryhum.edge.recogniser import RecogniserError, pool, softmax
 from auditoryhum.edge.serving import manifest
 
 
@@ -52,8 +51,8 @@ class TritonRecogniser:
         """``[len(clips), C]`` probabilities of 16 kHz clips."""
         for clip in clips:
             if clip.sample_rate != self.sample_rate:
-                raise ValueError(f"the recogniser needs {self.sample_rate} Hz audio, got {clip.sample_rate}")
+                raise RecogniserError(f"the recogniser needs {self.sample_rate} Hz audio, got {clip.sample_rate}")
+        if not clips:
+            return np.zeros((0, len(self.classes)), np.float32)
         per_clip = [features.patches(clip.samples, self.patch_hop) for clip in clips]
-        probs = softmax(self.patch_logits(np.concatenate(per_clip)), axis=1)
-        bounds = np.cumsum([0] + [len(p) for p in per_clip])
-        return np.stack([probs[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+        return pool(softmax(self.patch_logits(np.concatenate(per_clip))), [len(p) for p in per_clip])

@@ -17,7 +17,8 @@ class TritonPythonModel:
     def execute(self, requests):
         # The dynamic batcher hands over several requests: one ONNX call for all their patches.
         batches = [pb_utils.get_input_tensor_by_name(r, "PATCHES").as_numpy() for r in requests]
-        logits = self.recogniser.patch_logits(np.concatenate(batches)[:, None])
+        patches = np.concatenate(batches)[:, None]
+        logits = self.recogniser.logits(self.recogniser.patch_inputs(patches))
         bounds = np.cumsum([0] + [len(b) for b in batches])
         return [pb_utils.InferenceResponse([pb_utils.Tensor("LOGITS", logits[a:b])])
                 for a, b in zip(bounds[:-1], bounds[1:])]
