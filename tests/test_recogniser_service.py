@@ -242,7 +242,7 @@ def triton_server(model_dir, tmp_path_factory) -> Iterator[str]:
     adapter = repository / "scene_recogniser" / "1" / "model.py"
     adapter.write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'src')!r})\n" + adapter.read_text())
     config = repository / "scene_recogniser" / "config.pbtxt"
-    config.write_text(config.read_text().replace('key: "model_dir", value: { string_value: "" }',
+    config.write_text(config.read_text().replace('key: "model_dir", value: { string_value: "/models/recogniser" }',
                                                  f'key: "model_dir", value: {{ string_value: "{model_dir}" }}'))
     home = tmp_path_factory.mktemp("triton")
     env = {**os.environ, "TRITON_HOME_DIR": str(home), "TRITON_MODELS": "scene_recogniser",
