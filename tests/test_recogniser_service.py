@@ -188,6 +188,15 @@ def test_bad_audio_files_are_invalid_arguments_naming_the_reason(classifier, tmp
                 assert words in error.details(), (name, error.details())
 
 
+def test_malformed_protobuf_is_invalid_argument(classifier, model_dir, serve):
+    call = serve(_servicer(model_dir)).unary_unary(f"/{SERVICE}/ClassifyAudio")
+    for raw in (b"\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05ab", bytes(range(256))):
+        with pytest.raises(grpc.RpcError) as error:
+            call(raw, timeout=10)
+        assert (error.value.code(), error.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                               "cannot parse the request")
+
+
 def test_a_request_over_the_size_limit_is_refused(classifier):
     error = status_of(classifier, inline=api.InlineAudio(name="big.wav", data=bytes(int(1.5 * 1024 * 1024))))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
