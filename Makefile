@@ -22,7 +22,7 @@ HELM := .tools/helm
 GHZ_VERSION := v0.121.0
 GHZ := .tools/ghz-$(GHZ_VERSION)
 
-.PHONY: setup apt venv proto run eval test test-faults kube-apiserver seaweedfs s3-up s3-down lint-proto lint-deploy bench bench-cluster bench-ingest bench-k bench-load bench-pipeline bench-scale bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
+.PHONY: setup apt venv proto run eval test test-faults kube-apiserver seaweedfs s3-up s3-down lint-proto lint-deploy bench bench-cluster bench-edge bench-ingest bench-k bench-load bench-pipeline bench-scale bench-scorer bench-triton clean kafka-up kafka-down up down triton-up triton-down
 
 setup: apt venv node_modules/.installed proto $(KAFKA_LIB) kube-apiserver seaweedfs $(HELM)  ## install everything a fresh machine needs
 
@@ -185,6 +185,9 @@ bench-load: $(GENERATED) $(KAFKA_LIB) $(GHZ)  ## Score and Classify at 1 to 1,02
 
 bench-ingest: $(GENERATED) $(KAFKA_LIB)  ## a 1,000,000-row CSV manifest sharded 8 ways to Kafka: rows/s and peak RSS against the list-everything code
 	$(PY) benchmarks/bench_ingest.py --rows 1000000 --shards 8
+
+bench-edge: $(GENERATED) $(DEMO).built $(EVAL).built  ## scene recognisers for the edge on the demo and evaluation sets: size, latency, accuracy of the CNN, the head and the tagger baseline
+	$(PY) benchmarks/bench_edge.py --demo $(DEMO) --eval $(EVAL) --out out/bench-edge
 
 bench-k: $(GENERATED)  ## k selection on the synthetic label families, 10 to 100k labels, plateau against linear
 	$(PY) benchmarks/bench_k_selection.py

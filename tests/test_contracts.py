@@ -30,6 +30,7 @@ def test_every_hop_has_a_message_and_every_service_its_methods():
         "AlignerService": {"Score"},
         "ReviewService": {"ListTasks", "GetTask", "SubmitDecision", "GetStats", "CloseReview"},
         "ClustererService": {"BuildTaxonomy", "GetTaxonomy", "ListTaxonomyVersions", "Classify"},
+        "ClassifierService": {"ClassifyAudio"},
     }
     assert hasattr(services_pb2_grpc, "add_ClustererServiceServicer_to_server")
 

@@ -23,7 +23,7 @@ import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 
 from auditoryhum import topics
-from auditoryhum.service.settings import DEFAULT_PORTS, ServiceSettings
+from auditoryhum.service.settings import DEFAULT_PORTS, RECOGNISER_PORTS, RecogniserSettings, ServiceSettings
 from auditoryhum.stages.aligner import AlignerStage
 from auditoryhum.stages.clusterer import ClustererStage
 from auditoryhum.stages.labeler import LabelerStage
@@ -305,6 +305,7 @@ def test_stateful_services_keep_their_state_on_a_volume_or_in_a_database(case):
 def test_every_setting_the_chart_sets_is_one_the_services_read(case):
     _, docs = case
     known = {f"AUDITORYHUM_{name.upper()}" for name in ServiceSettings.model_fields}
+    recogniser_known = {f"AUDITORYHUM_{name.upper()}" for name in RecogniserSettings.model_fields}
     config = of_kind(docs, "ConfigMap")[0]["data"]
     assert config.keys() <= known, config.keys() - known
     assert config["AUDITORYHUM_GRPC_HOST"] == "0.0.0.0"
@@ -314,9 +315,13 @@ def test_every_setting_the_chart_sets_is_one_the_services_read(case):
             continue
         container = doc["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e for e in container["env"]}
-        assert {n for n in env if n.startswith("AUDITORYHUM_")} <= known
         # Beyond loopback the services refuse to start without a token: every pod gets one from a Secret.
         assert "secretKeyRef" in env["AUDITORYHUM_AUTH_TOKEN"]["valueFrom"]
+        if component(doc) == "recogniser":  # consumes no topic: no consumer-group member id
+            assert {n for n in env if n.startswith("AUDITORYHUM_")} <= recogniser_known
+            assert env["AUDITORYHUM_RECOGNISER_DIR"]["value"] and "AUDITORYHUM_INSTANCE_ID" not in env
+            continue
+        assert {n for n in env if n.startswith("AUDITORYHUM_")} <= known
         assert env["AUDITORYHUM_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
@@ -474,6 +479,8 @@ def test_chart_ports_are_the_services_defaults():
     for name, (grpc_port, metrics_port) in DEFAULT_PORTS.items():
         assert (values[name]["ports"]["grpc"], values[name]["ports"]["metrics"]) == (grpc_port, metrics_port)
     assert values["review"]["ports"]["ui"] == ServiceSettings.model_fields["ui_port"].default
+    assert (values["recogniser"]["ports"]["grpc"], values["recogniser"]["ports"]["metrics"]) == RECOGNISER_PORTS
+    assert not values["recogniser"]["enabled"]  # optional: it needs a trained MODEL_DIR
 
 
 # -- optional operators: Strimzi, Prometheus Operator, NetworkPolicy ------------------------------------------------
@@ -532,6 +539,9 @@ def test_network_policies_let_only_this_release_s_services_call_triton():
      "clusterer: 8 replicas (max) exceed the 4 partitions of auditoryhum.labels.final.v1 (kafka.partitions)"),
     ("managed-setting-values.yaml", 'settings.extra: Property name of "BOOTSTRAP" does not match'),
     ("short-token-values.yaml", "auth.token: 21 characters; give 32 or more random ones, or none"),
+    ("recogniser-without-model-values.yaml", "recogniser.enabled needs its MODEL_DIR"),
+    ("recogniser-triton-image-path-values.yaml", "recogniser.backend triton needs triton.enabled and "
+                                                 "recogniser.modelDir.existingClaim"),
 ])
 def test_broken_values_fail_with_a_clear_message(values, message):
     result = template(BROKEN / values)
@@ -552,7 +562,7 @@ def hadolint(*files: Path) -> subprocess.CompletedProcess:
 
 
 def test_every_service_and_triton_has_a_dockerfile():
-    assert {p.parent.name for p in DOCKERFILES} == set(DEFAULT_PORTS) | {"triton"}
+    assert {p.parent.name for p in DOCKERFILES} == set(DEFAULT_PORTS) | {"recogniser", "triton"}
 
 
 def test_hadolint_passes_on_every_dockerfile():
@@ -596,3 +606,24 @@ def test_triton_image_is_pinned_non_root_and_serves_the_model_repository():
     assert "--grpc-restricted-protocol=$api:triton-control-key=$key --http-restricted-api=$api:" in dockerfile
     chart = (CHART / "templates" / "triton.yaml").read_text()
     assert "--model-repository=/opt/auditoryhum/models" in chart
+
+
+def test_the_recogniser_is_optional_and_reads_its_model_from_the_claim_triton_shares():
+    _, defaults = render(None)
+    assert not any("recogniser" in d["metadata"]["name"] for d in defaults)
+    values, docs = render(CHART / "ci" / "recogniser-values.yaml")
+    [deployment] = [d for d in of_kind(docs, "Deployment") if component(d) == "recogniser"]
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["AUDITORYHUM_BACKEND"] == "triton" and env["AUDITORYHUM_RECOGNISER_DIR"] == "/models/recogniser"
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model"]
+    assert (mount["mountPath"], mount["subPath"], mount["readOnly"]) == ("/models/recogniser", "street-scenes/v2", True)
+    [triton] = [d for d in of_kind(docs, "Deployment") if component(d) == "triton"]
+    container = triton["spec"]["template"]["spec"]["containers"][0]
+    assert "--load-model=scene_recogniser" in container["args"]
+    [shared] = [m for m in container["volumeMounts"] if m["name"] == "recogniser-model"]
+    assert (shared["mountPath"], shared["subPath"]) == ("/models/recogniser", "street-scenes/v2")
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in triton["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert claims["recogniser-model"] == values["recogniser"]["modelDir"]["existingClaim"]
+    assert any(component(d) == "recogniser" for d in of_kind(docs, "HorizontalPodAutoscaler"))

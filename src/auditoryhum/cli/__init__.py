@@ -1,6 +1,6 @@
 """The `auditoryhum` command line: one Typer app; each module adds its commands."""
 
-from auditoryhum.cli import evaluate, pipeline, services  # noqa: F401 — registers their commands on the app
+from auditoryhum.cli import evaluate, pipeline, services, train  # noqa: F401 — registers their commands on the app
 from auditoryhum.cli.common import app
 from auditoryhum.cli.db import db_app
 from auditoryhum.cli.review import review_app

@@ -15,20 +15,36 @@ from auditoryhum.cli.common import app, load_settings
 
 
 @app.command()
-def serve(name: str = typer.Argument(..., help="labeler, aligner, review or clusterer.")) -> None:
-    """Run one service: consume its Kafka topics, serve its gRPC API and /metrics (settings: AUDITORYHUM_* env)."""
+def serve(name: str = typer.Argument(..., help="labeler, aligner, review, clusterer or recogniser.")) -> None:
+    """Run one service: consume its Kafka topics, serve its gRPC API and /metrics (settings: AUDITORYHUM_* env).
+    The recogniser serves a trained MODEL_DIR (AUDITORYHUM_RECOGNISER_DIR) over gRPC and consumes no topic."""
     from auditoryhum.service.app import SERVICES
     from auditoryhum.service.app import serve as serve_service
     from auditoryhum.service.settings import ServiceSettings
 
+    if name == "recogniser":
+        return _serve_recogniser()
     if name not in SERVICES:
-        typer.echo(f"unknown service {name!r}; one of: {', '.join(SERVICES)}", err=True)
+        typer.echo(f"unknown service {name!r}; one of: {', '.join((*SERVICES, 'recogniser'))}", err=True)
         raise typer.Exit(2)
     settings = load_settings(ServiceSettings)
     if problem := settings.replication_problem(name):
         typer.echo(f"invalid settings: {problem}", err=True)
         raise typer.Exit(2)
     serve_service(name, settings)
+
+
+def _serve_recogniser() -> None:
+    from auditoryhum.edge.recogniser import RecogniserError
+    from auditoryhum.service.recogniser import serve as serve_recogniser
+    from auditoryhum.service.settings import RecogniserSettings
+
+    settings = load_settings(RecogniserSettings)
+    try:
+        serve_recogniser(settings)
+    except RecogniserError as exc:  # no MODEL_DIR, or not the model asked for: one clear line
+        typer.echo(f"recogniser: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 _KUBE = "Kubernetes (--on-kubernetes)"

@@ -104,3 +104,28 @@ class ServiceSettings(Settings):
             return None
         return (f"{service}: {self.replicas} replicas (AUDITORYHUM_REPLICAS) need a shared state database, not SQLite "
                 f"files: set AUDITORYHUM_STATE_URL to a PostgreSQL URL (postgresql+psycopg://...), or run one replica")
+
+
+RECOGNISER_PORTS = (50055, 9105)  # (gRPC, metrics) of the recogniser service, beside the four's
+
+
+class RecogniserSettings(ServiceSettings):
+    """The recogniser service's settings: where its MODEL_DIR is and how its model runs. It consumes no topic, so
+    the Kafka settings it inherits are unused."""
+
+    recogniser_dir: str | None = Field(None, description="the MODEL_DIR `auditoryhum train` wrote (recogniser.json "
+                                                         "and its ONNX files); required")
+    recogniser_model: str = Field("cnn", pattern="^(cnn|head)$", description="the model a request without one gets: "
+                                                                             "cnn (log-mel CNN) or head (on the "
+                                                                             "tagger's embeddings)")
+    recogniser_precision: str = Field("int8", pattern="^(int8|float)$", description="which ONNX export runs")
+    recogniser_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per model (in-process)")
+    recogniser_triton_model: str = Field("scene_recogniser", description="the Triton model (backend=triton), "
+                                                                         "loaded from the same MODEL_DIR")
+
+    def ports(self, service: str = "recogniser") -> tuple[int, int]:
+        return (RECOGNISER_PORTS[0] if self.grpc_port is None else self.grpc_port,
+                RECOGNISER_PORTS[1] if self.metrics_port is None else self.metrics_port)
+
+    def request_mb(self, service: str = "recogniser") -> float:
+        return self.max_request_mb or self.max_message_mb  # requests carry audio

@@ -146,6 +146,21 @@ key: {{ ternary .Values.state.existingSecretKey "state-url" (ne .Values.state.ex
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $r := .Values.recogniser }}
+{{- if $r.enabled }}
+{{- if and $r.modelDir.existingClaim $r.modelDir.path }}
+{{- fail "recogniser.modelDir: set existingClaim (a PVC holding the MODEL_DIR) or path (a folder in the image), not both" }}
+{{- end }}
+{{- if not (or $r.modelDir.existingClaim $r.modelDir.path) }}
+{{- fail "recogniser.enabled needs its MODEL_DIR: recogniser.modelDir.existingClaim (a PVC holding what `auditoryhum train` wrote) or recogniser.modelDir.path (a folder in its image)" }}
+{{- end }}
+{{- if and (eq $r.backend "triton") (not (and .Values.triton.enabled $r.modelDir.existingClaim)) }}
+{{- fail "recogniser.backend triton needs triton.enabled and recogniser.modelDir.existingClaim: Triton's pod mounts the same MODEL_DIR" }}
+{{- end }}
+{{- if and (eq $r.backend "triton") (or (ne $r.model "cnn") (ne $r.precision "int8")) }}
+{{- fail "recogniser.backend triton runs the Triton image's scene_recogniser, cnn at int8 (its config.pbtxt): set recogniser.model cnn and precision int8, or backend inprocess" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.triton.gpu.enabled (not .Values.triton.enabled) }}
 {{- fail "triton.gpu.enabled needs triton.enabled" }}
 {{- end }}
@@ -159,4 +174,14 @@ key: {{ ternary .Values.state.existingSecretKey "state-url" (ne .Values.state.ex
 {{- else if .Values.objectStore.env -}}
 {{ include "auditoryhum.fullname" . }}-object-store
 {{- end -}}
+{{- end }}
+
+{{/* The recogniser's MODEL_DIR in its pod (and Triton's): the claim's mount, or the image's folder. */}}
+{{- define "auditoryhum.recogniserDir" -}}
+{{- .Values.recogniser.modelDir.path | default "/models/recogniser" }}
+{{- end }}
+
+{{/* The recogniser runs its model on this release's Triton. */}}
+{{- define "auditoryhum.recogniserOnTriton" -}}
+{{- if and .Values.recogniser.enabled (eq .Values.recogniser.backend "triton") }}true{{ end }}
 {{- end }}
