@@ -149,6 +149,14 @@ def test_the_policy_rebuilds_after_n_new_clips(models, labels):
     assert not stage.handle(final("t5", "vehicle", "C"))[1:]  # counting starts afresh after a build
 
 
+def test_the_count_trigger_waits_for_a_share_of_a_large_taxonomy():
+    policy = LivingPolicy(novel_share=None, after_clips=1000, growth_share=0.1)
+    assert policy.trigger(1000, 0, built=2_000) == "1000 new clips"  # news to a small taxonomy
+    assert policy.trigger(1000, 0, built=100_000) is None  # 1 % of a large one is not
+    assert policy.trigger(10_000, 0, built=100_000) == "10000 new clips"
+    assert LivingPolicy(novel_share=None, after_clips=1000, growth_share=None).trigger(1000, 0, 100_000)
+
+
 def taxonomy_of(clusters: dict[str, dict[str, int]], version: int) -> pb.Taxonomy:
     """A constructed version: one cluster per entry, numbered in order, each with its labels' clip counts."""
     taxonomy = pb.Taxonomy(dataset="t", version=version)

@@ -23,7 +23,7 @@ from auditoryhum.v1 import pipeline_pb2 as pb
 from tests.test_cli import auditoryhum
 from tests.test_stages import alignment
 
-HEAD = "0006"
+HEAD = "0007"
 ROWS_0001 = {  # a review and a clusterer mid-way through a dataset, as the schema before 0002 held them
     review_datasets: [dict(dataset="d", expected=3, complete=True, sealed=False)],
     review_clips: [dict(dataset="d", clip_id="a", status="pending", score=0.1, task_id="a/review", reason="low",

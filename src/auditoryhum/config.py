@@ -115,6 +115,8 @@ class Settings(BaseSettings):
                                    "share counts")
     rebuild_after_clips: int | None = Field(1000, ge=1, description="rebuild after this many clips assigned since "
                                             "the last build, novel or not (unset: never)")
+    rebuild_growth_share: float | None = Field(0.1, gt=0, description="...and not before they are this share of the "
+                                               "clips the current version holds (unset: the count alone)")
     # execution
     batch_size: int = Field(32, ge=1, description="clips per model call")
     workers: int = Field(2, ge=1, description="labeler threads, each decoding and tagging its share of a batch")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Iterator
 
-from sqlalchemy import (Boolean, Column, Connection, Float, Integer, LargeBinary, MetaData, String, Table,
+from sqlalchemy import (Boolean, Column, Connection, Float, Index, Integer, LargeBinary, MetaData, String, Table,
                         create_engine, event, select, text)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
@@ -87,6 +87,9 @@ cluster_labels = Table(
     # rebuild policy counts these); NULL once a build includes it.
     Column("assigned_version", Integer, nullable=True),
     Column("novel", Boolean, nullable=True),
+    # The rebuild policy counts a taxonomy's clips assigned since its build after every assignment: from this
+    # index alone, not by reading all the taxonomy's rows.
+    Index("ix_cluster_labels_v1_assigned", "taxonomy", "assigned_version", "novel"),
 )
 
 # Every build of a taxonomy, kept: GetTaxonomy answers any version, and a rebuild's lineage starts from the last.

@@ -14,6 +14,7 @@ and a replayed final label overwrites its own row (one label per clip, never two
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -47,15 +48,19 @@ class LivingPolicy:
     after_clips: int | None = 1000
     novelty_threshold: float | None = None
     novelty_percentile: float = 10.0
+    # The count trigger scales with the taxonomy: 1,000 new clips are news to a taxonomy of 2,000, not to one of
+    # 100,000, where rebuilding every 1,000 would keep the clusterer building instead of assigning.
+    growth_share: float | None = 0.1
 
     @classmethod
     def from_settings(cls, s: "Settings") -> "LivingPolicy":
         return cls(s.rebuild_novel_share, s.rebuild_min_clips, s.rebuild_after_clips, s.novelty_threshold,
-                   s.novelty_percentile)
+                   s.novelty_percentile, s.rebuild_growth_share)
 
-    def trigger(self, since: int, novel: int) -> str | None:
-        """Why ``since`` clips assigned since the last build, ``novel`` of them novel, call for a rebuild."""
-        if self.after_clips is not None and since >= self.after_clips:
+    def trigger(self, since: int, novel: int, built: int = 0) -> str | None:
+        """Why ``since`` clips assigned since the last build, ``novel`` of them novel, call for a rebuild of a
+        version that holds ``built`` clips."""
+        if self.after_clips is not None and since >= max(self.after_clips, math.ceil((self.growth_share or 0) * built)):
             return f"{since} new clips"
         if self.novel_share is not None and since >= self.min_clips and novel >= self.novel_share * since:
             return f"novel share {novel}/{since}"
@@ -116,7 +121,7 @@ class ClustererStage(Stage):
             novel=assignment.novel if assignment else None))
         outs = self._maybe_build(db, clip.dataset, name)
         if assignment is not None:
-            outs = [Out(topics.ASSIGNMENTS, name, assignment), *outs, *self._maybe_rebuild(db, name)]
+            outs = [Out(topics.ASSIGNMENTS, name, assignment), *outs, *self._maybe_rebuild(db, name, current.clips)]
         return outs
 
     def _assign(self, name: str, current: pb.Taxonomy, clip: pb.Clip, label: str,
@@ -221,11 +226,12 @@ class ClustererStage(Stage):
             return []
         return [Out(topics.TAXONOMY, name, self._build(db, name, self.builder, f"sealed {dataset}"))]
 
-    def _maybe_rebuild(self, db: Connection, name: str) -> list[Out]:
+    def _maybe_rebuild(self, db: Connection, name: str, built: int) -> list[Out]:
+        # ix_cluster_labels_v1_assigned covers this count: it reads the clips assigned since the build, not all.
         since, novel = db.execute(select(func.count(), func.count().filter(cluster_labels.c.novel.is_(True)))
                                   .where(cluster_labels.c.taxonomy == name,
                                          cluster_labels.c.assigned_version.is_not(None))).one()
-        trigger = self.policy.trigger(since, novel)
+        trigger = self.policy.trigger(since, novel, built)
         return [] if trigger is None else [Out(topics.TAXONOMY, name, self._build(db, name, self.builder, trigger))]
 
     # -- state -----------------------------------------------------------------------------------------------------
