@@ -2,7 +2,8 @@
 
 Order: the training set (split by recording) → patches, YAMNet's outputs and the pooled output of its first layers
 (:mod:`auditoryhum.edge.front`) → the head's MLP (on embeddings) and the cnn's (on the pooled front) → export
-(the cnn's file holds the front too) and int8 check → test scores, the baseline, latency → recogniser.json, model_card.md, metrics.json, confusion PNGs.
+(the cnn's file holds the front too) and int8 check → test scores, the baseline, latency → recogniser.json,
+model_card.md, metrics.json, confusion PNGs.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def build(run: str | Path, out: Path, models: Sequence[str] = MODELS, *, seed: i
     test = data.split["test"]
     label_names = [c["composite_label"] for c in data.classes]
     metrics: dict = {"run": str(run), "seed": seed, "taxonomy": data.taxonomy, "min_clips": min_clips,
-                     "embedding": EMBEDDING, "front": {"cut": cut, "channels": front.CUTS[cut]}, "tolerance": {"max_abs_dp": export.MAX_ABS_DP,
-                                                           "near_tie": export.NEAR_TIE},
+                     "embedding": EMBEDDING, "front": {"cut": cut, "channels": front.CUTS[cut]},
+                     "tolerance": {"max_abs_dp": export.MAX_ABS_DP, "near_tie": export.NEAR_TIE},
                      "classes": [{**c, **{f"{s}_clips": int(data.counts(s)[c["index"]]) for s in dataset.SPLITS}}
                                  for c in data.classes],
                      "split": {**{s: len(data.split[s]) for s in dataset.SPLITS},
