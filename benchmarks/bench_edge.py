@@ -1,5 +1,5 @@
-"""Edge recognisers on the demo set and the evaluation set: size, latency and accuracy of the log-mel CNN, the
-head on YAMNet's embeddings and the tagger-as-classifier baseline.
+"""Edge recognisers on the demo set and the evaluation set: size, latency and accuracy of the cnn (YAMNet's
+first layers + an MLP), the head on YAMNet's embeddings and the tagger-as-classifier baseline.
 
     python benchmarks/bench_edge.py [--demo data/demo] [--eval data/eval] [--out out/bench-edge] [--seed 0]
 

@@ -15,8 +15,8 @@ def train(
     run_out: Path = typer.Argument(..., help="The --out folder of a finished `auditoryhum run` (taxonomy.json, "
                                              "assignments.csv)."),
     out: Path = typer.Option(..., "--out", "-o", help="MODEL_DIR: recogniser.json, the ONNX models, the card."),
-    models: str = typer.Option("cnn,head", help="Which recognisers, comma-separated: cnn (log-mel CNN, no tagger "
-                                                "on the device), head (on YAMNet's embeddings)."),
+    models: str = typer.Option("cnn,head", help="Which recognisers, comma-separated: cnn (YAMNet's first layers "
+                                                "+ an MLP, no tagger on the device), head (on YAMNet's embeddings)."),
     seed: int = typer.Option(0, help="Seed of the split and of training (the same seed, the same models)."),
     epochs: int = typer.Option(60, min=1, help="Most epochs; early stopping on validation macro-F1."),
     min_clips: int = typer.Option(4, min=1, help="Clusters with fewer clips are left out (listed on the card)."),

@@ -1,8 +1,9 @@
 """``auditoryhum train``: a run folder → MODEL_DIR with both recognisers, their int8 exports, the card.
 
-Order: the training set (split by recording) → patches and YAMNet's outputs → the head (on embeddings) → the CNN
-(on log-mel patches, also learning the head's probabilities: distillation) → export and int8 check → test
-scores, the baseline, latency → recogniser.json, model_card.md, metrics.json, confusion PNGs.
+Order: the training set (split by recording) → patches, YAMNet's outputs and the pooled output of its first layers
+(:mod:`auditoryhum.edge.front`) → the head's MLP (on embeddings) and the cnn's (on the pooled front) → export
+(the cnn's file holds the front too) and int8 check → test scores, the baseline, latency → recogniser.json,
+model_card.md, metrics.json, confusion PNGs.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from auditoryhum.backends import yamnet
-from auditoryhum.edge import card, dataset, export, latency, train
+from auditoryhum.edge import card, dataset, export, front, latency, train
 from auditoryhum.edge.baseline import TaggerBaseline
 from auditoryhum.edge.errors import EdgeError
 from auditoryhum.edge.features import Features, compute
@@ -26,15 +26,16 @@ EMBEDDING = "1024-d pre-classifier embedding (global average pool, dequantised)"
 
 
 def _test_inputs(kind: str, feats: Features, clips: list[int]) -> tuple[np.ndarray, list[int], list[int]]:
-    """The test clips' graded patch inputs, the patches per clip and the clips, in order."""
+    """The test clips' graded patch inputs of the exported model (log-mel patches for the cnn, whose file holds
+    the front), the patches per clip and the clips, in order."""
     rows = feats.rows(clips, graded=True)
-    x = train.inputs_of(kind, feats)[rows]
+    x = (feats.patches if kind == "cnn" else train.inputs_of(kind, feats))[rows]
     order, counts = np.unique(feats.clip_of[rows], return_counts=True)
     return x, counts.tolist(), order.tolist()
 
 
 def build(run: str | Path, out: Path, models: Sequence[str] = MODELS, *, seed: int = 0, epochs: int = 60,
-          skip_missing: bool = False, min_clips: int = 4, tagger=None,
+          skip_missing: bool = False, min_clips: int = 4, tagger=None, cut: str = front.CUT,
           log: Callable[[str], None] = lambda _: None) -> dict:
     """Train ``models`` on the run folder ``run`` into ``out``; returns the metrics also written to
     metrics.json. Raises :class:`EdgeError` (bad run folder, missing clips, failed int8 check)."""
@@ -45,15 +46,16 @@ def build(run: str | Path, out: Path, models: Sequence[str] = MODELS, *, seed: i
     log(f"{len(data.clips)} clips, {len(data.classes)} classes; split " +
         " / ".join(f"{len(data.split[s])}" for s in dataset.SPLITS))
     tagger = tagger or yamnet.YamnetTagger(threads=0)
-    feats = compute(data, tagger)
+    front_model = front.model(cut) if "cnn" in models else None
+    feats = compute(data, tagger, front_model=front_model)
     out.mkdir(parents=True, exist_ok=True)
     config = train.TrainConfig(epochs=epochs, seed=seed)
     labels = np.array([c.label for c in data.clips])
     test = data.split["test"]
     label_names = [c["composite_label"] for c in data.classes]
     metrics: dict = {"run": str(run), "seed": seed, "taxonomy": data.taxonomy, "min_clips": min_clips,
-                     "embedding": EMBEDDING, "tolerance": {"max_abs_dp": export.MAX_ABS_DP,
-                                                           "near_tie": export.NEAR_TIE},
+                     "embedding": EMBEDDING, "front": {"cut": cut, "channels": front.CUTS[cut]},
+                     "tolerance": {"max_abs_dp": export.MAX_ABS_DP, "near_tie": export.NEAR_TIE},
                      "classes": [{**c, **{f"{s}_clips": int(data.counts(s)[c["index"]]) for s in dataset.SPLITS}}
                                  for c in data.classes],
                      "split": {**{s: len(data.split[s]) for s in dataset.SPLITS},
@@ -61,18 +63,14 @@ def build(run: str | Path, out: Path, models: Sequence[str] = MODELS, *, seed: i
                      "left_out": data.left_out, "missing": data.missing, "models": {}}
     sample = _latency_clip(data)
     trained: dict[str, train.Trained] = {}
-    # The head first: the CNN learns its probabilities too.
     for kind in [m for m in ("head", "cnn") if m in models]:
-        teacher = None
-        if kind == "cnn" and "head" in trained:
-            with torch.no_grad():
-                teacher = torch.softmax(trained["head"].model(torch.from_numpy(feats.embeddings)), 1).numpy()
-        result = train.train(kind, data, feats, config, teacher=teacher)
+        result = train.train(kind, data, feats, config)
         trained[kind] = result
         log(f"{kind}: best epoch {result.best_epoch} of {len(result.history)}, val macro-F1 {result.val_macro_f1}")
         x, counts, order = _test_inputs(kind, feats, test)
-        calibration = train.inputs_of(kind, feats)[feats.rows(data.split["train"])]
-        exported = export.export(kind, result.model, out, calibration, x, counts)
+        example = train.inputs_of(kind, feats)[feats.rows(data.split["train"])]
+        exported = export.export(kind, result.model, out, example, x, counts,
+                                 front_model if kind == "cnn" else None)
         s = session(exported.int8_path)
         probs = pool(softmax(s.run(["logits"], {s.get_inputs()[0].name: x})[0]), counts) if counts else \
             np.zeros((0, len(data.classes)))

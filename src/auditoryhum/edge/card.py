@@ -97,18 +97,20 @@ def write(out: Path, metrics: dict) -> None:
     lines += [
         "", f"Test clips: {metrics['split']['test']}; with so few, one clip is {100 / max(metrics['split']['test'], 1):.1f} "
         "accuracy points. Macro-F1 averages the classes the test split has.", "",
-        "- **cnn**: a depthwise-separable CNN on YAMNet's log-mel patches; needs no tagger on the device. "
-        "Latency = log-mel front end + model.",
+        f"- **cnn**: YAMNet's first layers up to {metrics['front']['cut']} (MobileNet v1 blocks, "
+        f"{metrics['front']['channels']} channels; YAMNet's int8 export as shipped, weights not retrained), "
+        "global average pooling, and an MLP trained on the pooled features; one model on log-mel patches, so the "
+        "device needs no separate tagger. Latency = log-mel front end + model.",
         f"- **head**: an MLP on YAMNet's {metrics['embedding']}; latency = front end + YAMNet + head "
         "(the device runs the tagger too).",
         "- **baseline**: the tagger as a classifier: each YAMNet class maps to the cluster it co-occurs with most "
         "among the training clips' top-3 classes; a clip takes the mapped cluster of its strongest mapped class. "
         "Latency = front end + YAMNet.", "",
-        "Int8: onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 activations calibrated on "
-        "training patches). The export fails unless, on every test clip, no class probability moves by more than "
-        f"{metrics['tolerance']['max_abs_dp']} and int8 picks float's class or one float rates within "
-        f"{metrics['tolerance']['near_tie']} of its top. Latencies are int8 models, "
-        "onnxruntime with one intra-op thread, medians over 10 s of real audio.", "",
+        "Int8: the MLPs through onnxruntime dynamic quantisation (per-channel int8 weights); the cnn's front "
+        "layers are int8 in both files (float = those layers + the float MLP). The export fails unless, on every "
+        f"test clip, no class probability moves by more than {metrics['tolerance']['max_abs_dp']} and int8 picks "
+        f"float's class or one float rates within {metrics['tolerance']['near_tie']} of its top. Latencies are "
+        "int8 models, onnxruntime with one intra-op thread, medians over 10 s of real audio.", "",
         "Confusion matrices (test split): " + ", ".join(f"`confusion_{n}.png`" for n in metrics["models"]) + ".",
     ]
     (out / "model_card.md").write_text("\n".join(lines) + "\n")

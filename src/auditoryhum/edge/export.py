@@ -1,10 +1,10 @@
 """ONNX export of a trained recogniser, int8 quantisation, and the check that int8 decides as float does.
 
-Float: ``torch.onnx.export`` (TorchScript exporter, opset 17, batch-norm folded into the convolutions), one input
-with a dynamic batch and ``logits [N, C]``. Int8: onnxruntime's static quantisation (QDQ, int8 weights per output
-channel, uint8 activations) calibrated on training inputs for the CNN, so the device needs no float kernels for
-it; dynamic quantisation (int8 weights, activations quantised per call) for the head, whose standardised 1024-d
-input has a few dimensions far out of range, which one static activation scale cannot serve.
+Float: the MLP through ``torch.onnx.export`` (TorchScript exporter), one input with a dynamic batch and
+``logits [N, C]``; for the cnn, YAMNet's first layers (:mod:`auditoryhum.edge.front`, int8 as shipped) go in front
+of it in the same file, so its input is log-mel patches. Int8: the MLP through onnxruntime's dynamic quantisation
+(int8 weights per output channel, activations quantised per call: the head's standardised 1024-d input has a few
+dimensions far out of range, which one static activation scale cannot serve).
 
 The check (on the test split, every test clip's patches at the device's 48-frame hop): no clip probability moves
 by more than ``MAX_ABS_DP``, and on every clip int8 picks float's class or one float rates within ``NEAR_TIE`` of
@@ -15,20 +15,22 @@ patches whose class is the same is reported too.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from auditoryhum.edge import front
 from auditoryhum.edge.errors import EdgeError
 from auditoryhum.edge.recogniser import pool, session, softmax
 
 MAX_ABS_DP = 0.1
 NEAR_TIE = 0.05
-CALIBRATION_PATCHES = 512
 OPSET = 17
 FILES = {"cnn": ("logmel_cnn", "patches", "log-mel patches [N,1,96,64]"),
          "head": ("embedding_head", "embedding", "YAMNet embedding of each patch [N,D]")}
@@ -64,34 +66,27 @@ def manifest_entry(kind: str) -> dict:
     return {"float": f"{stem}.onnx", "int8": f"{stem}.int8.onnx", "input": name, "output": "logits", "needs": needs}
 
 
-class _Calibration(CalibrationDataReader):
-    def __init__(self, name: str, x: np.ndarray, batch: int = 32):
-        self._batches = iter([{name: x[i : i + batch]} for i in range(0, len(x), batch)])
-
-    def get_next(self):
-        return next(self._batches, None)
-
-
-def export(kind: str, model: torch.nn.Module, out: Path, calibration: np.ndarray, test_x: np.ndarray,
-           test_counts: list[int]) -> Exported:
+def export(kind: str, model: torch.nn.Module, out: Path, example: np.ndarray, test_x: np.ndarray,
+           test_counts: list[int], front_model: onnx.ModelProto | None = None) -> Exported:
     """Write ``kind``'s float and int8 ONNX into ``out`` and check them on the test inputs (``test_counts``
-    patches per clip, consecutive). ``calibration``: training inputs for the activation ranges."""
+    patches per clip, consecutive). ``example``: inputs of the MLP; ``front_model``: the cnn's front, exported
+    in front of the MLP (then ``test_x`` are log-mel patches)."""
     stem, name, _ = FILES[kind]
     float_path, int8_path = out / f"{stem}.onnx", out / f"{stem}.int8.onnx"
-    example = torch.from_numpy(calibration[:2])
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(float_path), dynamo=False, opset_version=OPSET,
-                          input_names=[name], output_names=["logits"],
-                          dynamic_axes={name: {0: "batch"}, "logits": {0: "batch"}})
-    step = max(1, len(calibration) // CALIBRATION_PATCHES)  # evenly over the training clips
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "consider pre-processing" notes
-    if kind == "head":
-        quantize_dynamic(str(float_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
-    else:
-        quantize_static(str(float_path), str(int8_path), _Calibration(name, calibration[::step]),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+    mlp_input = front.OUTPUT if front_model is not None else name
+    opset = front.opset(front_model) if front_model is not None else OPSET
+    with tempfile.TemporaryDirectory() as tmp:
+        mlp, mlp_int8 = Path(tmp) / "mlp.onnx", Path(tmp) / "mlp.int8.onnx"
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (torch.from_numpy(example[:2]),), str(mlp), dynamo=False,
+                              opset_version=opset, input_names=[mlp_input], output_names=["logits"],
+                              dynamic_axes={mlp_input: {0: "batch"}, "logits": {0: "batch"}})
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "pre-processing" notes
+        quantize_dynamic(str(mlp), str(mlp_int8), per_channel=True, weight_type=QuantType.QInt8)
+        for source, target in ((mlp, float_path), (mlp_int8, int8_path)):
+            part = onnx.load(str(source))
+            onnx.save(front.with_head(front_model, part) if front_model is not None else part, str(target))
     result = check(float_path, int8_path, name, test_x, test_counts)
     if result.max_abs_dp > MAX_ABS_DP or result.worst_choice_gap > NEAR_TIE:
         raise ExportError(f"{int8_path.name}: int8 differs from float on the test split beyond the tolerance: max "

@@ -1,5 +1,5 @@
-"""The training set's inputs: every clip's log-mel patches, and for the head and the baseline YAMNet's embedding
-and logits of each patch (one pass of the tagger).
+"""The training set's inputs: every clip's log-mel patches; for the head and the baseline YAMNet's embedding
+and logits of each patch (one pass of the tagger); for the cnn the pooled output of YAMNet's first layers.
 
 Patches are cut every ``hop`` frames (16: three times YAMNet's density, more views of few clips for training);
 grading uses every third of them, the patches a device cuts every 48 frames (:meth:`Features.rows` ``graded``).
@@ -13,6 +13,7 @@ import numpy as np
 
 from auditoryhum.audio import AudioError, load
 from auditoryhum.backends import features
+from auditoryhum.edge import front
 from auditoryhum.edge.dataset import TrainingSet
 from auditoryhum.edge.errors import EdgeError
 
@@ -23,6 +24,7 @@ class Features:
     clip_of: np.ndarray  # [P] the clip (index into TrainingSet.clips) of each patch
     embeddings: np.ndarray | None = None  # [P, 1024] YAMNet pooled features
     tagger_logits: np.ndarray | None = None  # [P, 521]
+    front: np.ndarray | None = None  # [P, C] pooled output of YAMNet's first layers (auditoryhum.edge.front)
     hop: int = features.PATCH_HOP
 
     def rows(self, clip_indexes: list[int], graded: bool = False) -> np.ndarray:
@@ -38,8 +40,9 @@ class Features:
 TRAIN_HOP = 16
 
 
-def compute(data: TrainingSet, tagger=None, hop: int = TRAIN_HOP) -> Features:
-    """Patches of every clip of ``data`` (16 kHz, YAMNet's framing); with a ``tagger``, its outputs too."""
+def compute(data: TrainingSet, tagger=None, hop: int = TRAIN_HOP, front_model=None) -> Features:
+    """Patches of every clip of ``data`` (16 kHz, YAMNet's framing); with a ``tagger``, its outputs too; with a
+    ``front_model`` (:func:`auditoryhum.edge.front.model`), its pooled features."""
     per_clip = []
     for clip in data.clips:
         try:
@@ -51,4 +54,6 @@ def compute(data: TrainingSet, tagger=None, hop: int = TRAIN_HOP) -> Features:
                    hop=hop)
     if tagger is not None:
         out.tagger_logits, out.embeddings = tagger.patch_outputs(out.patches)
+    if front_model is not None:
+        out.front = front.pooled(front_model, out.patches)
     return out

@@ -3,7 +3,8 @@
 MODEL_DIR holds ``recogniser.json`` (format ``auditoryhum.recogniser/1``: the classes, the front end, the models'
 files and tensor names) and each model as float and int8 ONNX. Each model maps one input per 0.96 s patch to
 ``logits [N, C]``; a clip's probabilities are the mean over its patches of softmax(logits). The ``cnn`` takes
-YAMNet's log-mel patches; the ``head`` takes YAMNet's 1024-d embedding of each patch, so it runs the tagger too.
+YAMNet's log-mel patches (its file holds YAMNet's first layers and a trained MLP: no tagger); the ``head`` takes
+YAMNet's 1024-d embedding of each patch, so it runs the tagger too.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
 class Recogniser:
     """Scene probabilities of clips from a trained MODEL_DIR.
 
-    ``model``: ``cnn`` (log-mel CNN, no tagger) or ``head`` (on YAMNet embeddings); ``precision``: ``int8`` or
-    ``float``; ``threads``: onnxruntime intra-op threads (1 = one core, as on a device).
+    ``model``: ``cnn`` (YAMNet's first layers + MLP on log-mel patches, no tagger) or ``head`` (on YAMNet
+    embeddings); ``precision``: ``int8`` or ``float``; ``threads``: onnxruntime intra-op threads (1 = one core,
+    as on a device).
     """
 
     def __init__(self, model_dir: str | Path, model: str = "cnn", precision: str = "int8", threads: int = 1,

@@ -1,4 +1,5 @@
-"""PyTorch training of the two recognisers on patches labelled with their clip's class.
+"""PyTorch training of the two recognisers' MLPs on patch features labelled with their clip's class (the head on
+YAMNet's embeddings, the cnn on the pooled output of YAMNet's first layers: :mod:`auditoryhum.edge.front`).
 
 Balanced: each patch's loss is weighted 1 / (its clip's patches × its class's training clips), so every class
 counts the same and every clip the same within its class. Early stopping keeps the epoch with the best validation
@@ -20,7 +21,7 @@ from torch import nn
 from auditoryhum.edge.dataset import TrainingSet
 from auditoryhum.edge.features import Features
 from auditoryhum.edge.metrics import macro_f1
-from auditoryhum.edge.models import EmbeddingHead, LogMelCNN
+from auditoryhum.edge.models import EmbeddingHead
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,13 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 def inputs_of(kind: str, feats: Features) -> np.ndarray:
-    if kind == "cnn":
-        return feats.patches
-    if feats.embeddings is None:
-        raise ValueError("the head trains on YAMNet embeddings: compute the features with a tagger")
-    return feats.embeddings
-
-
-def build(kind: str, n_in: int, n_classes: int) -> nn.Module:
-    return LogMelCNN(n_classes) if kind == "cnn" else EmbeddingHead(n_in, n_classes)
+    """What ``kind``'s MLP trains on: the front's pooled features (cnn) or YAMNet's embeddings (head)."""
+    x = feats.front if kind == "cnn" else feats.embeddings
+    if x is None:
+        raise ValueError(f"the {kind} trains on " + ("the front's pooled features: compute them with a front"
+                                                    if kind == "cnn" else "YAMNet embeddings: compute the "
+                                                    "features with a tagger"))
+    return x
 
 
 def clip_predictions(model: nn.Module, x: np.ndarray, clip_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,11 +77,8 @@ def clip_predictions(model: nn.Module, x: np.ndarray, clip_of: np.ndarray) -> tu
     return clips, sums.argmax(axis=1)
 
 
-def train(kind: str, data: TrainingSet, feats: Features, config: TrainConfig = TrainConfig(),
-          teacher: np.ndarray | None = None) -> Trained:
-    """Train ``kind`` (``cnn`` or ``head``) on the train split, stopping early on the validation split.
-    ``teacher``: ``[P, C]`` class probabilities of every patch (the head's) that the model also learns to match
-    (knowledge distillation: the CNN learns what the tagger-backed head hears, beyond the few hard labels)."""
+def train(kind: str, data: TrainingSet, feats: Features, config: TrainConfig = TrainConfig()) -> Trained:
+    """Train ``kind``'s MLP (``cnn`` or ``head``) on the train split, stopping early on the validation split."""
     x_all = inputs_of(kind, feats)
     labels = np.array([c.label for c in data.clips])
     train_rows, val_rows = feats.rows(data.split["train"]), feats.rows(data.split["val"], graded=True)
@@ -93,10 +89,9 @@ def train(kind: str, data: TrainingSet, feats: Features, config: TrainConfig = T
     w_tr = (w_tr / w_tr.mean()).astype(np.float32)
     val_x, val_clips = x_all[val_rows], feats.clip_of[val_rows]
 
-    soft = torch.from_numpy(teacher[train_rows].astype(np.float32)) if teacher is not None else None
     with deterministic(config.seed):
         gen = torch.Generator().manual_seed(config.seed)
-        model = build(kind, x_all.shape[1], len(data.classes))
+        model = EmbeddingHead(x_all.shape[1], len(data.classes))
         _standardise(model, x_tr)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs)
@@ -109,11 +104,7 @@ def train(kind: str, data: TrainingSet, feats: Features, config: TrainConfig = T
             total = 0.0
             for start in range(0, len(order), config.batch_size):
                 idx = order[start : start + config.batch_size]
-                xb = _augment(xt[idx], gen) if kind == "cnn" else xt[idx]
-                logits = model(xb)
-                per_patch = loss_fn(logits, yt[idx])
-                if soft is not None:  # cross-entropy to the teacher's probabilities
-                    per_patch = 0.5 * per_patch - 0.5 * (soft[idx] * torch.log_softmax(logits, dim=1)).sum(dim=1)
+                per_patch = loss_fn(model(xt[idx]), yt[idx])
                 loss = (per_patch * wt[idx]).sum() / wt[idx].sum()
                 opt.zero_grad()
                 loss.backward()
@@ -136,28 +127,9 @@ def train(kind: str, data: TrainingSet, feats: Features, config: TrainConfig = T
     return Trained(kind, model.eval(), best_epoch, best_f1 if len(val_rows) else None, history)
 
 
-def _standardise(model: nn.Module, x: np.ndarray) -> None:
-    """Fix the model's input statistics from the training inputs: the head's mean per feature, one scale for all
-    (a feature nearly constant in training would otherwise blow up at test time, and int8 with it)."""
+def _standardise(model: EmbeddingHead, x: np.ndarray) -> None:
+    """Fix the model's input statistics from the training inputs: the mean per feature, one scale for all (a
+    feature nearly constant in training would otherwise blow up at test time, and int8 with it)."""
     t = torch.from_numpy(x)
-    if isinstance(model, EmbeddingHead):
-        model.mean.copy_(t.mean(dim=0))
-        model.std.copy_((t - t.mean(dim=0)).std().clamp_min(1e-3))
-    else:
-        model.mean.copy_(t.mean())
-        model.std.copy_(t.std().clamp_min(1e-3))
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random gain (±13 dB: an offset in log-mel), one time and one frequency band masked, per patch."""
-    n = len(x)
-    x = x + (torch.rand(n, 1, 1, 1, generator=gen) * 3.0 - 1.5)
-    fill = x.mean(dim=(2, 3), keepdim=True)
-    t0 = torch.randint(0, 96 - 16, (n,), generator=gen)
-    tw = torch.randint(0, 17, (n,), generator=gen)
-    f0 = torch.randint(0, 64 - 8, (n,), generator=gen)
-    fw = torch.randint(0, 9, (n,), generator=gen)
-    frames, bands = torch.arange(96), torch.arange(64)
-    tmask = ((frames >= t0[:, None]) & (frames < (t0 + tw)[:, None]))[:, None, :, None]
-    fmask = ((bands >= f0[:, None]) & (bands < (f0 + fw)[:, None]))[:, None, None, :]
-    return torch.where(tmask | fmask, fill, x)
+    model.mean.copy_(t.mean(dim=0))
+    model.std.copy_((t - t.mean(dim=0)).std().clamp_min(1e-3))
