@@ -124,22 +124,27 @@ class YamnetTagger:
 
     def patch_logits(self, patches: np.ndarray) -> np.ndarray:
         """``[n, 521]`` logits for float log-mel patches ``[n, 1, 96, 64]``."""
-        return self.patch_outputs(patches)[0]
+        [scores] = self._run(patches, self._outputs[:1])  # the labelling path fetches the scores alone
+        return (scores - self._q.out_zero) * self._q.out_scale
 
     def patch_embeddings(self, patches: np.ndarray) -> np.ndarray:
         """``[n, 1024]`` float32 pre-classifier embeddings (global average pool) of log-mel patches."""
-        return self.patch_outputs(patches)[1]
+        [embeddings] = self._run(patches, self._outputs[1:])
+        return embeddings
 
     def patch_outputs(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``([n, 521] logits, [n, 1024] embeddings)`` from one pass of the model."""
-        q = np.clip(np.round(patches / self._q.in_scale + self._q.in_zero), 0, 255).astype(np.uint8)
-        runs = [self._session.run(self._outputs, {self._input: q[i : i + self._max_patches]})
-                for i in range(0, len(q), self._max_patches)]
-        if not runs:
-            return np.zeros((0, len(self.class_names)), np.float32), np.zeros((0, EMBEDDING_DIM), np.float32)
-        scores = np.concatenate([r[0] for r in runs]).astype(np.float32)
-        embeddings = np.concatenate([r[1] for r in runs]).astype(np.float32)
+        scores, embeddings = self._run(patches, self._outputs)
         return (scores - self._q.out_zero) * self._q.out_scale, embeddings
+
+    def _run(self, patches: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        """The ``outputs`` (float32, batch-concatenated) for float patches, quantised as the model's input is."""
+        q = np.clip(np.round(patches / self._q.in_scale + self._q.in_zero), 0, 255).astype(np.uint8)
+        runs = [self._session.run(outputs, {self._input: q[i : i + self._max_patches]})
+                for i in range(0, len(q), self._max_patches)]
+        widths = {self._outputs[0]: len(self.class_names), self._outputs[1]: EMBEDDING_DIM}
+        return [np.concatenate([r[j] for r in runs]).astype(np.float32) if runs
+                else np.zeros((0, widths[name]), np.float32) for j, name in enumerate(outputs)]
 
     def tag(self, clips: Sequence[Audio]) -> np.ndarray:
         """``[len(clips), 521]`` clip-level probabilities; all clips' patches go through the model together."""
